@@ -1,0 +1,314 @@
+/*
+ * main: the command line (SPEC 1), start-up, signals, reload and drain.
+ *
+ * The main thread loads the configuration, binds every listener (so a port
+ * conflict is an exit 3 before anything runs), starts the workers, then
+ * runs its own small loop for signals and the admin listener. SIGHUP loads
+ * a new snapshot and publishes it; SIGTERM/SIGINT drain; a second SIGINT
+ * exits at once with 1.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <jansson.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/crypto.h>
+
+#include "accesslog.h"
+#include "admin.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "upstream.h"
+#include "worker.h"
+
+enum {
+    EXIT_OK = 0,
+    EXIT_CONFIG = 1,
+    EXIT_USAGE = 2,
+    EXIT_STARTUP = 3,
+};
+
+struct gateway {
+    struct event_base *base;
+    struct worker **workers;
+    int num_workers;
+    struct admin *admin;
+    struct event *poll;
+    int drain_timeout_ms;
+    int64_t drain_deadline_ms;
+    bool draining;
+    bool stopping;
+    int sigints;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h]\n"
+                 "  -c FILE  configuration file (default: $SLUICE_CONFIG, else ./sluice.json)\n"
+                 "  -t       check the configuration and exit\n"
+                 "  -V       print the version and library versions\n"
+                 "  -h       this help\n");
+}
+
+static void print_version(void)
+{
+    char pcre[64] = "";
+    pcre2_config(PCRE2_CONFIG_VERSION, pcre);
+    printf("sluice %s\n", SLUICE_VERSION);
+    printf("libevent %s\n", event_get_version());
+    printf("nghttp2 %s\n", nghttp2_version(0)->version_str);
+    printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+    printf("jansson %s\n", jansson_version_str());
+    printf("PCRE2 %s\n", pcre);
+}
+
+static void print_errors(struct config_error *err, bool to_log)
+{
+    for (size_t i = 0; i < err->count; i++) {
+        if (to_log)
+            log_error("%s", err->messages[i]);
+        else
+            fprintf(stderr, "%s\n", err->messages[i]);
+    }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void reload(struct gateway *g, const char *file)
+{
+    struct config_error err = {0};
+    struct snapshot *s = config_load(file, &err);
+    if (!s) {
+        log_error("reload rejected, the configuration in force stays:");
+        print_errors(&err, true);
+        config_error_clear(&err);
+        metrics_reload(false);
+        return;
+    }
+    config_error_clear(&err);
+    struct snapshot *old = config_current_hold();
+    if (old && old->workers != s->workers)
+        log_warn("workers changed from %d to %d: this takes effect at the next restart",
+                 old->workers, s->workers);
+    snapshot_release(old);
+    g->drain_timeout_ms = s->limits.drain_timeout_ms;
+    g->admin = admin_reload(g->admin, g->base, s);
+    config_current_set(s);
+    for (int i = 0; i < g->num_workers; i++)
+        worker_notify(g->workers[i], WORKER_RELOAD);
+    metrics_reload(true);
+    log_info("configuration reloaded from %s", file);
+}
+
+static void on_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct gateway *g = arg;
+    bool all_done = true;
+    for (int i = 0; i < g->num_workers; i++)
+        all_done &= atomic_load(&g->workers[i]->exited);
+    if (all_done) {
+        event_base_loopbreak(g->base);
+        return;
+    }
+    if (!g->stopping && now_ms() >= g->drain_deadline_ms) {
+        log_warn("drain_timeout_ms passed: closing the remaining connections");
+        g->stopping = true;
+        for (int i = 0; i < g->num_workers; i++)
+            worker_notify(g->workers[i], WORKER_STOP);
+    }
+}
+
+static void begin_drain(struct gateway *g)
+{
+    if (g->draining)
+        return;
+    g->draining = true;
+    admin_set_draining(true);
+    log_info("draining: no new connections, up to %d ms for requests in flight",
+             g->drain_timeout_ms);
+    g->drain_deadline_ms = now_ms() + g->drain_timeout_ms;
+    for (int i = 0; i < g->num_workers; i++)
+        worker_notify(g->workers[i], WORKER_DRAIN);
+    g->poll = event_new(g->base, -1, EV_PERSIST, on_poll, g);
+    struct timeval tv = {0, 20 * 1000};
+    event_add(g->poll, &tv);
+}
+
+struct signal_context {
+    struct gateway *g;
+    const char *file;
+};
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct signal_context *sc = arg;
+    struct gateway *g = sc->g;
+    switch (sig) {
+    case SIGHUP:
+        if (!g->draining)
+            reload(g, sc->file);
+        break;
+    case SIGINT:
+        if (++g->sigints > 1) {
+            fprintf(stderr, "sluice: second SIGINT, exiting now\n");
+            _exit(EXIT_CONFIG);
+        }
+        begin_drain(g);
+        break;
+    case SIGTERM:
+        begin_drain(g);
+        break;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *file = NULL;
+    bool check_only = false;
+    int opt;
+    opterr = 0;
+    while ((opt = getopt(argc, argv, ":c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            file = optarg;
+            break;
+        case 't':
+            check_only = true;
+            break;
+        case 'V':
+            print_version();
+            return EXIT_OK;
+        case 'h':
+            usage(stdout);
+            return EXIT_OK;
+        case ':':
+            fprintf(stderr, "sluice: option -%c needs an argument\n", optopt);
+            usage(stderr);
+            return EXIT_USAGE;
+        default:
+            fprintf(stderr, "sluice: unknown option -%c\n", optopt);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sluice: unexpected argument \"%s\"\n", argv[optind]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!file)
+        file = getenv("SLUICE_CONFIG");
+    if (!file || !*file)
+        file = "./sluice.json";
+
+    const char *level = getenv("SLUICE_LOG_LEVEL");
+    if (level && strcmp(level, "debug") == 0)
+        log_set_level(LOG_DEBUG);
+    else if (level && strcmp(level, "warn") == 0)
+        log_set_level(LOG_WARN);
+    else if (level && strcmp(level, "error") == 0)
+        log_set_level(LOG_ERROR);
+
+    struct config_error err = {0};
+    struct snapshot *s = config_load(file, &err);
+    if (!s) {
+        print_errors(&err, false);
+        config_error_clear(&err);
+        return EXIT_CONFIG;
+    }
+    config_error_clear(&err);
+    if (check_only) {
+        printf("configuration ok\n");
+        snapshot_release(s);
+        return EXIT_OK;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    struct gateway g = {0};
+    g.drain_timeout_ms = s->limits.drain_timeout_ms;
+    int n = s->workers > 0 ? s->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    config_current_set(s); /* the current config owns the load's reference */
+    int status = EXIT_OK;
+    g.base = event_base_new();
+    g.workers = calloc((size_t)n, sizeof *g.workers);
+    if (!g.base || !g.workers) {
+        fprintf(stderr, "sluice: cannot start: out of memory\n");
+        return EXIT_STARTUP;
+    }
+    struct snapshot *cur = config_current_hold();
+    for (int i = 0; i < n; i++) {
+        g.workers[i] = worker_new(i, cur);
+        if (!g.workers[i]) {
+            status = EXIT_STARTUP;
+            break;
+        }
+        g.num_workers++;
+    }
+    bool admin_failed = false;
+    if (status == EXIT_OK)
+        g.admin = admin_start(g.base, cur, &admin_failed);
+    if (admin_failed)
+        status = EXIT_STARTUP;
+    if (status == EXIT_OK && accesslog_start() < 0) {
+        fprintf(stderr, "sluice: cannot start the access log writer\n");
+        status = EXIT_STARTUP;
+    }
+    snapshot_release(cur);
+
+    struct signal_context sc = {&g, file};
+    struct event *sigs[3] = {0};
+    if (status == EXIT_OK) {
+        int which[3] = {SIGHUP, SIGTERM, SIGINT};
+        for (int i = 0; i < 3; i++) {
+            sigs[i] = evsignal_new(g.base, which[i], on_signal, &sc);
+            event_add(sigs[i], NULL);
+        }
+        for (int i = 0; i < g.num_workers; i++) {
+            if (worker_start(g.workers[i]) < 0) {
+                fprintf(stderr, "sluice: cannot start worker thread %d\n", i);
+                status = EXIT_STARTUP;
+                for (int j = 0; j < i; j++)
+                    worker_notify(g.workers[j], WORKER_STOP);
+                break;
+            }
+        }
+    }
+    if (status == EXIT_OK) {
+        log_info("sluice %s started: %d worker%s, configuration %s", SLUICE_VERSION,
+                 g.num_workers, g.num_workers == 1 ? "" : "s", file);
+        event_base_dispatch(g.base);
+        log_info("stopped");
+    }
+
+    for (int i = 0; i < g.num_workers; i++)
+        worker_join_free(g.workers[i]);
+    free(g.workers);
+    for (int i = 0; i < 3; i++)
+        if (sigs[i])
+            event_free(sigs[i]);
+    if (g.poll)
+        event_free(g.poll);
+    admin_free(g.admin);
+    accesslog_stop();
+    config_current_set(NULL);
+    upstream_health_table_free();
+    metrics_free();
+    event_base_free(g.base);
+    libevent_global_shutdown();
+    return status;
+}

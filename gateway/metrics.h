@@ -1,0 +1,42 @@
+/*
+ * metrics: per-worker counters and histograms, summed when /metrics is
+ * scraped (SPEC 5). Counting is a plain increment in the worker's own
+ * table: no locks or atomics on the request path; the scrape takes each
+ * worker's table lock briefly (uncontended: only the scrape ever waits).
+ *
+ * Thread: metrics_* counting calls from workers; metrics_render from the
+ * admin thread.
+ */
+#ifndef SLUICE_METRICS_H
+#define SLUICE_METRICS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct evbuffer;
+struct exchange;
+struct target;
+
+/* Counts a finished exchange: requests_total{route,code}, duration histogram. */
+void metrics_exchange_done(const struct exchange *x);
+
+/* Counts an upstream response or failure: upstream_requests_total{upstream,target,code}. */
+void metrics_upstream_response(const char *upstream, const char *target, int code);
+
+/* Counts a failed connect: upstream_connect_errors_total{upstream,target}. */
+void metrics_connect_error(const char *upstream, const char *target);
+
+/* Gauges. */
+void metrics_connection_opened(const char *protocol);
+void metrics_connection_closed(const char *protocol);
+
+/* Counts a reload: config_reloads_total{result}. */
+void metrics_reload(bool ok);
+
+/* Appends the Prometheus text exposition of everything to `out`. */
+void metrics_render(struct evbuffer *out);
+
+/* Frees the tables (at exit). */
+void metrics_free(void);
+
+#endif
