@@ -186,7 +186,8 @@ void accesslog_write(const struct exchange *x)
                  tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
         const struct slice *ref = header_get(&x->req_headers, SLICE_LIT("Referer"));
         const struct slice *ua = header_get(&x->req_headers, SLICE_LIT("User-Agent"));
-        int n = snprintf(buf, sizeof buf - 1, "%s - %.*s [%s] \"%.*s %.*s %s\" %d %llu \"%.*s\" \"%.*s\"\n",
+        int n = snprintf(buf, sizeof buf - 1,
+                         "%s - %.*s [%s] \"%.*s %.*s %s\" %d %llu \"%.*s\" \"%.*s\"\n",
                          x->remote_addr, (int)(x->consumer.len ? x->consumer.len : 1),
                          x->consumer.len ? x->consumer.base : "-", ts, (int)x->method.len,
                          x->method.base ? x->method.base : "", (int)x->target.len,
@@ -243,7 +244,7 @@ void accesslog_write(const struct exchange *x)
         }
         if (x->upstream_start_us && x->upstream_head_us)
             putnum(&p, end, ",\"upstream_ms\":",
-                 (long long)((x->upstream_head_us - x->upstream_start_us) / 1000));
+                   (long long)((x->upstream_head_us - x->upstream_start_us) / 1000));
         if (x->route) {
             put(&p, end, ",\"route\":\"");
             put_json(&p, end, slice_cstr(x->route->name));

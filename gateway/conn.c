@@ -93,8 +93,8 @@ static void on_write_ready(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static int setup(struct conn *c, struct event_base *base, int fd,
-                 const struct conn_events *events, void *owner)
+static int setup(struct conn *c, struct event_base *base, int fd, const struct conn_events *events,
+                 void *owner)
 {
     c->fd = fd;
     c->events = events;

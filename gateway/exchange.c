@@ -14,6 +14,8 @@
 
 /* Room for a typical request's arena: the head copy, header lists, filter state. */
 #define EXCHANGE_ARENA_SIZE 4096
+/* Request body held while no upstream takes it yet (filters still running). */
+#define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
 
 static int64_t now_us(void)
 {
@@ -39,6 +41,7 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
     x->req_length = -1;
     x->resp_length = -1;
     x->start_us = now_us();
+    header_list_init(&x->req_headers, a, 0);
     header_list_init(&x->resp_headers, a, 16);
     x->req_body = evbuffer_new();
     if (!x->req_body) {
@@ -59,8 +62,10 @@ void exchange_free(struct exchange *x)
 /* ---- variables ---------------------------------------------------------- */
 
 static const char *const var_names[XVAR_COUNT] = {
-    [XVAR_REMOTE_ADDR] = "remote_addr", [XVAR_REQUEST_ID] = "request_id",
-    [XVAR_CONSUMER] = "consumer",       [XVAR_HOST] = "host",
+    [XVAR_REMOTE_ADDR] = "remote_addr",
+    [XVAR_REQUEST_ID] = "request_id",
+    [XVAR_CONSUMER] = "consumer",
+    [XVAR_HOST] = "host",
     [XVAR_ROUTE] = "route",
 };
 
@@ -186,8 +191,12 @@ void exchange_respond(struct exchange *x, int status, struct slice content_type,
     set_content_length(x, body.len);
 }
 
+static void assign_request_id(struct exchange *x);
+
 void exchange_respond_error(struct exchange *x, int status, const char *message)
 {
+    if (!x->request_id.len)
+        assign_request_id(x); /* an error found before the exchange started */
     const struct status_text *t = status_text(status);
     if (!message)
         message = t ? t->message : reason_phrase(status);
@@ -351,7 +360,7 @@ static int parse_target(struct exchange *x)
         x->host = slice_make(t.base + skip, end - skip);
         header_set(&x->req_headers, SLICE_LIT("Host"), x->host);
         path = end < t.len && t.base[end] == '/' ? slice_make(t.base + end, t.len - end)
-                                                  : SLICE_LIT("/");
+                                                 : SLICE_LIT("/");
         if (end < t.len && t.base[end] == '?') {
             /* "http://h?q": the path is "/" and the query follows. */
             x->has_query = true;
@@ -371,7 +380,8 @@ static int parse_target(struct exchange *x)
 
 void exchange_start(struct exchange *x)
 {
-    assign_request_id(x);
+    if (!x->request_id.len)
+        assign_request_id(x);
     if (x->host.len == 0) {
         const struct slice *h = header_get(&x->req_headers, SLICE_LIT("Host"));
         if (h)
@@ -407,8 +417,7 @@ static void after_request_filters(struct exchange *x)
     switch (r->action) {
     case ROUTE_RESPOND:
         for (size_t i = 0; i < r->num_respond_headers; i++)
-            header_set(&x->resp_headers, r->respond_headers[i].name,
-                       r->respond_headers[i].value);
+            header_set(&x->resp_headers, r->respond_headers[i].name, r->respond_headers[i].value);
         exchange_respond(x, r->respond_status, slice_make("", 0),
                          slice_make(r->respond_body, r->respond_body_len));
         x->gateway_response = false; /* the configured answer, not an error */
@@ -423,7 +432,8 @@ static void after_request_filters(struct exchange *x)
         return;
     }
     case ROUTE_UPSTREAM:
-        if (x->expect_continue && x->req_has_body && !x->req_body_done && x->client->ops->send_continue)
+        if (x->expect_continue && x->req_has_body && !x->req_body_done &&
+            x->client->ops->send_continue)
             x->client->ops->send_continue(x);
         proxy_start(x);
         return;
@@ -434,8 +444,16 @@ static void after_request_filters(struct exchange *x)
 
 void exchange_on_request_body(struct exchange *x)
 {
-    if (x->proxy)
+    if (x->proxy) {
         proxy_on_request_body(x);
+        return;
+    }
+    /* Nobody consumes the body yet (a filter paused): hold at most the high-water mark. */
+    if (!x->body_held && !x->req_body_done &&
+        evbuffer_get_length(x->req_body) > EXCHANGE_BODY_HIGH_WATER) {
+        x->body_held = true;
+        x->client->ops->pause_body(x, true);
+    }
 }
 
 void exchange_on_client_drain(struct exchange *x)
@@ -459,6 +477,8 @@ void exchange_on_client_abort(struct exchange *x)
 
 void exchange_send_head(struct exchange *x)
 {
+    if (!x->request_id.len)
+        assign_request_id(x);
     run_response_filters(x);
     header_set(&x->resp_headers, SLICE_LIT("X-Request-Id"), x->request_id);
     if (x->status < 200 || x->status == 204 || x->status == 304 ||

@@ -85,7 +85,7 @@ struct exchange {
     struct arena *arena;
     struct worker *worker;
     struct worker_snapshot *view; /* the worker's view of the snapshot, held for the whole life */
-    struct snapshot *snapshot;     /* view->snapshot */
+    struct snapshot *snapshot;    /* view->snapshot */
     struct exchange_side *client;
     struct proxy *proxy; /* NULL until the exchange goes upstream */
 
@@ -114,14 +114,15 @@ struct exchange {
     /* The response. Response filters may edit resp_headers. */
     int status;
     struct header_list resp_headers;
-    int64_t resp_length; /* Content-Length of the response body, -1 unknown */
-    bool resp_no_body;   /* HEAD, 1xx, 204, 304: no body whatever the headers say */
+    int64_t resp_length;   /* Content-Length of the response body, -1 unknown */
+    bool resp_no_body;     /* HEAD, 1xx, 204, 304: no body whatever the headers say */
     bool gateway_response; /* made by the gateway (SPEC 3.2 JSON or respond/redirect) */
     const char *error;     /* the SPEC 7 error code when the gateway made an error */
 
     /* Request body as decoded by the codec, waiting to go upstream. */
     struct evbuffer *req_body;
     bool req_body_done;
+    bool body_held; /* the client's body is paused until the proxy takes it */
     uint64_t bytes_in;
     uint64_t bytes_out;
 

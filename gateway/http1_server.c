@@ -39,15 +39,16 @@ struct h1_conn {
     struct event *timer;
     enum h1_state state;
     unsigned requests;
-    int busy;          /* nested callbacks into the exchange; free only at 0 */
-    bool dead;         /* socket closed; free when not busy */
-    bool fresh;        /* no request yet: header_timeout runs from accept */
-    bool keepalive;    /* the current exchange allows another request after it */
-    bool close_after;  /* close after the current response */
-    bool want_process; /* pipelined input waits to be parsed */
-    bool shut;         /* write side shut down (lingering) */
-    bool client_10;    /* the current request is HTTP/1.0 */
-    bool write_failed; /* a write to the client failed; close from the loop */
+    int busy;              /* nested callbacks into the exchange; free only at 0 */
+    bool dead;             /* socket closed; free when not busy */
+    bool fresh;            /* no request yet: header_timeout runs from accept */
+    bool keepalive;        /* the current exchange allows another request after it */
+    bool close_after;      /* close after the current response */
+    bool want_process;     /* pipelined input waits to be parsed */
+    bool shut;             /* write side shut down (lingering) */
+    bool client_10;        /* the current request is HTTP/1.0 */
+    bool client_keepalive; /* the current request allows another one after it */
+    bool write_failed;     /* a write to the client failed; close from the loop */
     /* request body */
     enum http1_framing req_framing;
     uint64_t req_left;
@@ -120,7 +121,8 @@ static bool leave(struct h1_conn *h)
 
 /* ---- responses ------------------------------------------------------------- */
 
-static bool client_wants_keepalive(struct h1_conn *h, struct exchange *x)
+/* Read before the proxy strips Connection from the request (RFC 9112 9.3). */
+static bool client_wants_keepalive(const struct exchange *x)
 {
     static const struct slice conn_name = SLICE_LIT("Connection");
     if (x->protocol == XPROTO_HTTP10)
@@ -131,35 +133,64 @@ static bool client_wants_keepalive(struct h1_conn *h, struct exchange *x)
 static const char *reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 417:
+        return "Expectation Failed";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
     }
 }
 
@@ -170,7 +201,10 @@ static void h1_send_head(struct exchange *x)
     /* A response that leaves request bytes unread cannot be followed by another request. */
     if (!h->body_done)
         h->close_after = true;
-    h->keepalive = !h->close_after && !h->w->draining && client_wants_keepalive(h, x);
+    /* SPEC 7 "framing": after any 400 or 501 the connection is closed. */
+    if (x->status == 400 || x->status == 501)
+        h->close_after = true;
+    h->keepalive = !h->close_after && !h->w->draining && h->client_keepalive;
     h->resp_chunked = false;
     h->resp_close_delimited = false;
     header_remove(&x->resp_headers, SLICE_LIT("Connection"));
@@ -353,6 +387,7 @@ static struct exchange *new_exchange(struct h1_conn *h)
     h->body_done = true;
     h->resp_done = false;
     h->client_10 = false;
+    h->client_keepalive = false;
     return x;
 }
 
@@ -446,14 +481,16 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     x->target = slice_make(rq->target.base + shift, rq->target.len);
     x->protocol = rq->minor_version == 0 ? XPROTO_HTTP10 : XPROTO_HTTP11;
     h->client_10 = rq->minor_version == 0;
+    h->client_keepalive = client_wants_keepalive(x);
     x->bytes_in = (uint64_t)head_len;
     evbuffer_drain(h->conn.in, (size_t)head_len);
 
     static const struct slice host_name = SLICE_LIT("Host");
     size_t hosts = header_count(&x->req_headers, host_name);
     if (hosts > 1 || (hosts == 0 && rq->minor_version == 1)) {
-        respond_and_close(h, x, 400, hosts ? "more than one Host header"
-                                           : "an HTTP/1.1 request needs a Host header");
+        respond_and_close(h, x, 400,
+                          hosts ? "more than one Host header"
+                                : "an HTTP/1.1 request needs a Host header");
         return;
     }
     enum http1_framing framing;
@@ -486,10 +523,20 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     /* Framing fields describe the client's message, not what goes upstream. */
     header_remove(&x->req_headers, SLICE_LIT("Transfer-Encoding"));
     header_remove(&x->req_headers, SLICE_LIT("Content-Length"));
-    if (!h->body_done)
+    if (!h->body_done) {
         arm_timer(h, limits(h)->body_timeout_ms);
-    else
+        /*
+         * Decode the body bytes that came with the head before anything goes
+         * upstream, so a bad chunk in them is refused before a pooled
+         * connection could carry the head away.
+         */
+        if (evbuffer_get_length(h->conn.in) > 0 && !read_body(h))
+            return;
+        if (h->x != x)
+            return;
+    } else {
         event_del(h->timer);
+    }
     exchange_start(x);
     /* The exchange may have ended (h->x NULL) or be waiting; body bytes may already be here. */
     if (h->x == x && !h->dead && !h->body_done && !h->body_paused)
@@ -505,8 +552,8 @@ static bool parse_head(struct h1_conn *h)
     size_t look = have < (size_t)lim->max_header_bytes ? have : (size_t)lim->max_header_bytes;
     const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
     struct http1_request_head rq;
-    size_t cap = h->w->parse_cap < (size_t)lim->max_headers ? h->w->parse_cap
-                                                            : (size_t)lim->max_headers;
+    size_t cap =
+        h->w->parse_cap < (size_t)lim->max_headers ? h->w->parse_cap : (size_t)lim->max_headers;
     int r = http1_parse_request(buf, look, &rq, h->w->parse_headers, cap);
     if (r > 0) {
         start_request(h, buf, r, &rq);
@@ -542,7 +589,8 @@ static void process(struct h1_conn *h)
         if (h->state == H1_ACTIVE) {
             if (h->x && !h->body_done && !h->body_paused)
                 read_body(h);
-            else if (h->x && h->body_done)
+            else if (h->x && h->body_done &&
+                     evbuffer_get_length(h->conn.in) > (size_t)limits(h)->max_header_bytes)
                 conn_read_enable(&h->conn, false); /* pipelined bytes wait their turn */
             if (h->conn.eof && h->x && !h->body_done) {
                 close_now(h); /* the client went away mid-body */

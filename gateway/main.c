@@ -289,8 +289,8 @@ int main(int argc, char **argv)
         }
     }
     if (status == EXIT_OK) {
-        log_info("sluice %s started: %d worker%s, configuration %s", SLUICE_VERSION,
-                 g.num_workers, g.num_workers == 1 ? "" : "s", file);
+        log_info("sluice %s started: %d worker%s, configuration %s", SLUICE_VERSION, g.num_workers,
+                 g.num_workers == 1 ? "" : "s", file);
         event_base_dispatch(g.base);
         log_info("stopped");
     }

@@ -253,8 +253,9 @@ void metrics_render(struct evbuffer *out)
         evbuffer_add_printf(out, "sluice_request_duration_seconds_count{%s} %llu\n", s->key,
                             (unsigned long long)s->value);
     }
-    evbuffer_add_printf(out, "# TYPE sluice_connections_active gauge\n"
-                             "sluice_connections_active{protocol=\"http1\"} %ld\n",
+    evbuffer_add_printf(out,
+                        "# TYPE sluice_connections_active gauge\n"
+                        "sluice_connections_active{protocol=\"http1\"} %ld\n",
                         atomic_load(&conns_http1));
     evbuffer_add_printf(out, "# TYPE sluice_websocket_tunnels_active gauge\n"
                              "sluice_websocket_tunnels_active 0\n");

@@ -39,10 +39,10 @@ enum proxy_state {
 
 /* Why an attempt failed, which decides whether to retry (SPEC 2.3). */
 enum failure {
-    FAIL_CONNECT,     /* refused, unreachable, connect timeout: any method */
-    FAIL_STALE,       /* reused keep-alive closed before any response byte: any method */
-    FAIL_AFTER_SEND,  /* reset or invalid response after sending: idempotent, body not streamed */
-    FAIL_TIMEOUT,     /* no response head in time: never retried */
+    FAIL_CONNECT,    /* refused, unreachable, connect timeout: any method */
+    FAIL_STALE,      /* reused keep-alive closed before any response byte: any method */
+    FAIL_AFTER_SEND, /* reset or invalid response after sending: idempotent, body not streamed */
+    FAIL_TIMEOUT,    /* no response head in time: never retried */
 };
 
 struct proxy {
@@ -61,14 +61,14 @@ struct proxy {
     int timeout_ms;
     struct slice head; /* the serialised request head, sent again on a retry */
     bool req_chunked;
-    bool req_sent_end;   /* the whole request is in the connection's output */
-    bool body_streamed;  /* request body bytes went to an upstream and were not kept */
+    bool req_sent_end;  /* the whole request is in the connection's output */
+    bool body_streamed; /* request body bytes went to an upstream and were not kept */
     struct evbuffer *replay;
-    bool slot_ready;     /* a pool slot was granted: act from the timer */
-    bool client_paused;  /* we paused the client's body (upstream output full) */
+    bool slot_ready;      /* a pool slot was granted: act from the timer */
+    bool client_paused;   /* we paused the client's body (upstream output full) */
     bool upstream_paused; /* we stopped reading the upstream (client output full) */
-    bool got_byte;       /* any response byte on this attempt */
-    bool keepalive_ok;   /* the response allows reusing the connection */
+    bool got_byte;        /* any response byte on this attempt */
+    bool keepalive_ok;    /* the response allows reusing the connection */
     enum http1_framing resp_framing;
     uint64_t resp_left;
     struct http1_chunked chunked;
@@ -396,6 +396,9 @@ void proxy_start(struct exchange *x)
         p->replay = evbuffer_new();
     arena_cleanup_add(x->arena, on_cleanup, x);
     x->upstream_name = p->cfg->name;
+    /* A body the exchange paused while filters ran is resumed as the upstream drains. */
+    p->client_paused = x->body_held;
+    x->body_held = false;
     http1_client_prepare(x);
     p->head = http1_client_head(x, &p->req_chunked);
     attempt(p);
@@ -407,8 +410,7 @@ void proxy_start(struct exchange *x)
 static void complete(struct proxy *p)
 {
     struct exchange *x = p->x;
-    bool reuse = p->keepalive_ok && p->req_sent_end &&
-                 evbuffer_get_length(p->uc->conn.out) == 0 &&
+    bool reuse = p->keepalive_ok && p->req_sent_end && evbuffer_get_length(p->uc->conn.out) == 0 &&
                  evbuffer_get_length(p->uc->conn.in) == 0 && !p->uc->conn.eof;
     event_del(p->timer);
     drop_conn(p, reuse);
@@ -535,17 +537,16 @@ static bool read_head(struct proxy *p)
         struct header *fields = arena_alloc(x->arena, (rs.num_headers + 8) * sizeof *fields);
         for (size_t i = 0; i < rs.num_headers; i++) {
             fields[i].name = slice_make(rs.headers[i].name.base + shift, rs.headers[i].name.len);
-            fields[i].value =
-                slice_make(rs.headers[i].value.base + shift, rs.headers[i].value.len);
+            fields[i].value = slice_make(rs.headers[i].value.base + shift, rs.headers[i].value.len);
         }
         header_list_wrap(&x->resp_headers, x->arena, fields, rs.num_headers);
         x->resp_headers.cap = rs.num_headers + 8;
-        p->keepalive_ok = framing != HTTP1_BODY_CLOSE &&
-                          (rs.minor_version == 1
-                               ? !header_has_token(&x->resp_headers, SLICE_LIT("Connection"),
-                                                   SLICE_LIT("close"))
-                               : header_has_token(&x->resp_headers, SLICE_LIT("Connection"),
-                                                  SLICE_LIT("keep-alive")));
+        p->keepalive_ok =
+            framing != HTTP1_BODY_CLOSE &&
+            (rs.minor_version == 1
+                 ? !header_has_token(&x->resp_headers, SLICE_LIT("Connection"), SLICE_LIT("close"))
+                 : header_has_token(&x->resp_headers, SLICE_LIT("Connection"),
+                                    SLICE_LIT("keep-alive")));
         header_remove_hop_by_hop(&x->resp_headers, false);
         evbuffer_drain(in, (size_t)r);
         x->status = rs.status;

@@ -46,8 +46,7 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
         return NULL;
     }
     for (size_t i = 0; i < s->num_upstreams; i++)
-        ws->upstreams[i] =
-            upstream_rt_new(&s->upstreams[i], w->base, w->dns, w->run_health_checks);
+        ws->upstreams[i] = upstream_rt_new(&s->upstreams[i], w->base, w->dns, w->run_health_checks);
     return ws;
 }
 
@@ -171,8 +170,8 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
                         s->file, i, lc->address, why);
                 return -1;
             }
-            log_error("%s: listen[%zu].address: cannot listen on %s: %s", s->file, i,
-                      lc->address, why);
+            log_error("%s: listen[%zu].address: cannot listen on %s: %s", s->file, i, lc->address,
+                      why);
             continue;
         }
         struct listener *l = listener_new(w, fd, lc->address);
@@ -235,8 +234,8 @@ struct worker *worker_new(int id, struct snapshot *s)
     w->base = event_base_new();
     if (!w->base)
         goto fail;
-    w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    w->dns = evdns_base_new(w->base,
+                            EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (!w->dns) /* no resolv.conf: names still resolve from the hosts file */
         w->dns = evdns_base_new(w->base, 0);
     w->notify = event_new(w->base, -1, EV_PERSIST | EV_READ, on_notify, w);

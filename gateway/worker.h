@@ -68,7 +68,7 @@ struct worker {
     struct event_base *base;
     struct evdns_base *dns;
     struct event *notify;
-    atomic_int commands;       /* enum worker_command bits, set by worker_notify */
+    atomic_int commands;        /* enum worker_command bits, set by worker_notify */
     struct listener *listeners; /* linked list */
     struct worker_snapshot *current;
     struct worker_snapshot *old; /* views still held by exchanges */

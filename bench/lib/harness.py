@@ -1,0 +1,864 @@
+#!/usr/bin/env python3
+"""sluice comparison benchmark: the engine behind bench/compare.sh.
+
+Starts one shared backend (nginx serving static files), then for every
+workload x target cell a fresh proxy process (nginx, HAProxy, sluice; the
+backend hit directly is the "direct" target), drives it with wrk / h2load,
+and measures throughput, latency, the proxy's CPU, user-space instructions per
+request (cachegrind), syscalls per request (perf trace / strace) and RSS per
+idle keep-alive connection. Everything it starts it stops by PID.
+
+Only the Python standard library is used. See bench/README.md.
+"""
+
+import argparse
+import asyncio
+import csv
+import datetime
+import http.client
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(BENCH_DIR)
+LIB = os.path.join(BENCH_DIR, "lib")
+
+TARGETS = ["direct", "nginx", "haproxy", "sluice"]
+PROXIES = ["nginx", "haproxy", "sluice"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+# id, label, protocol, method, path, client connections, expected body bytes
+WORKLOADS = [
+    dict(id="small", label="small GET (2 B), -c50", proto="h1", method="GET",
+         path="/small", conns=50, body=2),
+    dict(id="16k", label="16 KiB GET, -c50", proto="h1", method="GET",
+         path="/16k", conns=50, body=16384),
+    dict(id="1m", label="1 MiB GET, -c10", proto="h1", method="GET",
+         path="/1m", conns=10, body=1048576),
+    dict(id="post1m", label="1 MiB POST, -c10", proto="h1", method="POST",
+         path="/post", conns=10, body=2),
+    dict(id="h2small", label="HTTP/2 small GET (h2c), -c50 -m10", proto="h2",
+         method="GET", path="/small", conns=50, streams=10, body=2),
+]
+WL = {w["id"]: w for w in WORKLOADS}
+# fixed request counts (measured run, baseline run) for the counting cells
+INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post1m": (200, 20)}
+SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000}
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------
+# process bookkeeping: every process we start is registered and stopped by PID
+# --------------------------------------------------------------------------
+
+class Proc:
+    def __init__(self, name, argv, logpath, cpu, env=None):
+        self.name = name
+        self.logpath = logpath
+        self.logf = open(logpath, "ab")
+        full = ["taskset", "-c", str(cpu)] + argv
+        self.logf.write((" ".join(full) + "\n").encode())
+        self.logf.flush()
+        self.popen = subprocess.Popen(full, stdout=self.logf, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      env=env)
+        self.pid = self.popen.pid
+        REGISTRY.append(self)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def tree(self):
+        """PID of the process and of all its descendants."""
+        out, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            if not os.path.exists(f"/proc/{p}"):
+                continue
+            out.append(p)
+            try:
+                for t in os.listdir(f"/proc/{p}/task"):
+                    with open(f"/proc/{p}/task/{t}/children") as f:
+                        todo.extend(int(x) for x in f.read().split())
+            except OSError:
+                pass
+        return out
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Signal the process, wait for it, SIGKILL it and its children if late."""
+        if self in REGISTRY:
+            REGISTRY.remove(self)
+        kids = [p for p in self.tree() if p != self.pid]
+        rc = self.popen.poll()
+        if rc is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                rc = self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"  {self.name} (pid {self.pid}) did not stop in {timeout:.0f}s: SIGKILL")
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                rc = self.popen.wait(10)
+        for k in kids:  # e.g. an nginx worker orphaned by a killed master
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.logf.close()
+        return rc
+
+
+REGISTRY = []
+
+
+def cleanup():
+    for p in list(reversed(REGISTRY)):
+        try:
+            p.stop(timeout=5)
+        except Exception as e:  # keep stopping the others
+            print(f"cleanup of {p.name} pid {p.pid}: {e}", file=sys.stderr)
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(f"interrupted by signal {signum}")
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+
+def free_port():
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in USED_PORTS:
+            USED_PORTS.add(port)
+            return port
+    raise BenchError("no free port")
+
+
+USED_PORTS = set()
+
+
+def wait_port(port, proc=None, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise BenchError(f"{proc.name} exited with {proc.popen.returncode} before listening "
+                             f"(log: {proc.logpath}): {tail(proc.logpath)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"port {port} not listening after {timeout:.0f}s"
+                     + (f" (log: {proc.logpath}): {tail(proc.logpath)}" if proc else ""))
+
+
+def tail(path, n=3):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip()]
+        return " | ".join(lines[-n:])
+    except OSError:
+        return ""
+
+
+def run(argv, timeout, cpu, out=None):
+    """Run a load generator or tool pinned to `cpu`; return its stdout+stderr."""
+    full = ["taskset", "-c", str(cpu)] + argv
+    try:
+        r = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode(errors="replace")
+        if out:
+            with open(out, "w") as f:
+                f.write(" ".join(full) + "\n" + text)
+        raise BenchError(f"{argv[0]} timed out after {timeout:.0f}s")
+    text = r.stdout.decode(errors="replace")
+    if out:
+        with open(out, "w") as f:
+            f.write(" ".join(full) + "\n" + text)
+    return r.returncode, text
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def probe(port, wl, timeout=10):
+    """One request with http.client; raise BenchError unless 200 + right body size."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        body = b"a" * 1048576 if wl["method"] == "POST" else None
+        hdrs = {"Content-Type": "application/octet-stream"} if body else {}
+        c.request(wl["method"], wl["path"], body=body, headers=hdrs)
+        r = c.getresponse()
+        data = r.read()
+        if r.status != 200 or len(data) != wl["body"]:
+            raise BenchError(f"probe {wl['method']} {wl['path']}: status {r.status}, "
+                             f"{len(data)} body bytes (expected 200, {wl['body']}): {data[:200]!r}")
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"probe {wl['method']} {wl['path']}: {type(e).__name__}: {e}")
+    finally:
+        c.close()
+
+
+def to_ms(v, unit):
+    v = float(v)
+    return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}.get(unit, float("nan"))
+
+
+# --------------------------------------------------------------------------
+# configs
+# --------------------------------------------------------------------------
+
+def nginx_common(d, master=True):
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""daemon off;
+master_process {'on' if master else 'off'};
+worker_processes 1;
+worker_rlimit_nofile 16384;
+{user}pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 12000; }}
+"""
+
+
+def nginx_temp(d):
+    return "\n".join(f"  {k}_temp_path {d}/tmp_{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
+def backend_conf(d, port, h2port):
+    return nginx_common(d) + f"""http {{
+  access_log off;
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout 300s; keepalive_requests 100000000;
+  default_type application/octet-stream;
+{nginx_temp(d)}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{h2port} http2 backlog=4096;
+    root {d}/www;
+    location /post {{ client_max_body_size 2m; return 200 "ok"; }}
+  }}
+}}
+"""
+
+
+def nginx_proxy_conf(d, port, backend, h2, master=True):
+    return nginx_common(d, master) + f"""http {{
+  access_log off;
+  tcp_nodelay on;
+  keepalive_timeout 120s; keepalive_requests 100000000;
+  client_max_body_size 0;
+{nginx_temp(d)}
+  upstream b {{
+    server 127.0.0.1:{backend};
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 60s;
+  }}
+  server {{
+    listen 127.0.0.1:{port}{' http2' if h2 else ''} backlog=4096;
+    location / {{
+      proxy_pass http://b;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always;
+      proxy_request_buffering off;
+      proxy_buffering on;
+      proxy_buffer_size 16k;
+      proxy_buffers 32 16k;
+      proxy_max_temp_file_size 0;
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port, backend, h2):
+    return f"""global
+    nbthread 1
+    maxconn 8000
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 120s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+
+frontend fe
+    bind 127.0.0.1:{port}{' proto h2' if h2 else ''}
+    option forwardfor
+    unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    unique-id-header X-Request-Id
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend be
+
+backend be
+    http-reuse always
+    server s1 127.0.0.1:{backend}
+"""
+
+
+def sluice_conf(port, backend, h2):
+    import json
+    lst = {"address": f"127.0.0.1:{port}"}
+    if h2:
+        lst["protocols"] = ["h2c", "http/1.1"]
+    return json.dumps({
+        "workers": 1,
+        "listen": [lst],
+        "access_log": {"path": "off"},
+        "upstreams": {"b": {"targets": [f"127.0.0.1:{backend}"], "keepalive": 64}},
+        "routes": [{"match": {"prefix": "/"}, "upstream": "b"}],
+        "limits": {"idle_timeout_ms": 120000, "drain_timeout_ms": 2000},
+    }, indent=1)
+
+
+# --------------------------------------------------------------------------
+# the bench
+# --------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+        self.out = a.out
+        os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+        self.cell_no = 0
+        self.raw = []        # per-cell rows
+        self.instr = {}      # (wl, target) -> value or error string
+        self.sysc = {}
+        self.idle = {}       # target -> dict
+        self.notes = []      # failures worth reporting
+        self.pcpu = str(a.proxy_cpu)
+        self.lcpu = str(a.load_cpu)
+        self.h2_sluice = None
+        self.wl_defs = WL
+
+    # ---- backend
+    def start_backend(self):
+        d = os.path.join(self.tmp, "backend")
+        os.makedirs(os.path.join(d, "www"))
+        for name, size in (("small", 2), ("16k", 16384), ("1m", 1048576)):
+            with open(os.path.join(d, "www", name), "wb") as f:
+                f.write(b"ok" if size == 2 else (b"0123456789abcdef" * (size // 16)))
+        with open(os.path.join(self.tmp, "post.bin"), "wb") as f:
+            f.write(b"a" * 1048576)
+        self.bport, self.bh2port = free_port(), free_port()
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(backend_conf(d, self.bport, self.bh2port))
+        self.backend = Proc("backend-nginx", [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf],
+                            os.path.join(self.out, "logs", "backend.log"), self.lcpu)
+        wait_port(self.bport, self.backend)
+        wait_port(self.bh2port, self.backend)
+        for wl in WORKLOADS[:4]:
+            probe(self.bport, wl)
+        log(f"backend nginx pid {self.backend.pid} on 127.0.0.1:{self.bport} (h2c :{self.bh2port}), CPU {self.lcpu}")
+
+    # ---- targets
+    def start_target(self, target, h2=False, valgrind=None, tag=""):
+        """Start a fresh proxy; return (Proc or None, port). direct -> backend."""
+        if target == "direct":
+            return None, (self.bh2port if h2 else self.bport)
+        self.cell_no += 1
+        d = os.path.join(self.tmp, f"{target}-{self.cell_no}")
+        os.makedirs(d)
+        port = free_port()
+        lg = os.path.join(self.out, "logs", f"{self.cell_no:03d}-{target}{tag}.log")
+        pre = []
+        if valgrind:
+            pre = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                   "--cachegrind-out-file=/dev/null", f"--log-file={valgrind}"]
+        if target == "nginx":
+            conf = os.path.join(d, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind))
+            argv = [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf]
+        elif target == "haproxy":
+            conf = os.path.join(d, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(haproxy_conf(port, self.bport, h2))
+            argv = [self.a.haproxy, "-db", "-f", conf]
+        elif target == "sluice":
+            conf = os.path.join(d, "sluice.json")
+            with open(conf, "w") as f:
+                f.write(sluice_conf(port, self.bport, h2))
+            argv = [self.a.sluice, "-c", conf]
+        else:
+            raise ValueError(target)
+        p = Proc(target, pre + argv, lg, self.pcpu)
+        try:
+            wait_port(port, p, timeout=60 if valgrind else 15)
+        except BaseException:
+            p.stop(timeout=5)
+            raise
+        return p, port
+
+    def stop_target(self, p, timeout=10):
+        if p is None:
+            return None
+        rc = p.stop(timeout=timeout)
+        return rc
+
+    def sluice_h2_supported(self):
+        if self.h2_sluice is None:
+            conf = os.path.join(self.tmp, "sluice-h2-check.json")
+            with open(conf, "w") as f:
+                f.write(sluice_conf(free_port(), self.bport, True))
+            rc, out = run([self.a.sluice, "-t", "-c", conf], 15, self.lcpu)
+            self.h2_sluice = (rc == 0, out.strip().splitlines()[-1] if out.strip() else "")
+            if rc != 0:
+                log(f"sluice rejects an h2c listener ({self.h2_sluice[1]}): HTTP/2 row is n/a")
+        return self.h2_sluice[0]
+
+    # ---- one throughput cell
+    def cell(self, rnd, wl, target):
+        row = dict(round=rnd, workload=wl["id"], target=target, status="ok", rps="", p50_ms="",
+                   p99_ms="", requests="", cpu_pct="", cpu_us_per_req="", detail="")
+        if wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported():
+            row.update(status="n/a", detail="sluice has no HTTP/2 (h2c) listener yet")
+            return row
+        p = None
+        tag = f"-{wl['id']}-r{rnd}"
+        try:
+            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag)
+            pids = p.tree() if p else self.backend.tree()
+            raw = os.path.join(self.out, "logs", f"{target}{tag}")
+            if wl["proto"] == "h1":
+                probe(port, wl)
+                res = self.wrk(port, wl, pids, raw)
+            else:
+                res = self.h2load(port, wl, pids, raw)
+            if p is not None and not p.alive():
+                raise BenchError(f"{target} died during the run: {tail(p.logpath)}")
+            row.update(res)
+        except BenchError as e:
+            row.update(status="error", detail=str(e))
+            self.notes.append(f"{target} / {wl['label']} / round {rnd}: {e}")
+            log(f"  ERROR {target} {wl['id']}: {e}")
+        finally:
+            self.stop_target(p)
+        return row
+
+    def wrk(self, port, wl, pids, raw):
+        a = self.a
+        url = f"http://127.0.0.1:{port}{wl['path']}"
+        base = ["wrk", "-t1", f"-c{wl['conns']}", "--timeout", "5s"]
+        if wl["method"] == "POST":
+            base += ["-s", os.path.join(LIB, "post1m.lua")]
+        run(base + [f"-d{a.warmup}s", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
+        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        rc, out = run(base + [f"-d{a.duration}s", "--latency", url], a.duration + 20,
+                      self.lcpu, raw + ".txt")
+        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        if rc != 0:
+            raise BenchError(f"wrk exited {rc}: {out.strip()[-300:]}")
+        m = re.search(r"(\d+) requests in", out)
+        rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+        if not m or not rps:
+            raise BenchError(f"cannot parse wrk output: {out.strip()[-300:]}")
+        n = int(m.group(1))
+        lat = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+\w+)", out, re.M))
+        def ms(k):
+            mm = re.match(r"([\d.]+)(\w+)", lat.get(k, ""))
+            return round(to_ms(*mm.groups()), 3) if mm else ""
+        errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        nerr = sum(int(x) for x in errs.groups()) if errs else 0
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        nbad = int(bad.group(1)) if bad else 0
+        if n == 0 or nbad > 0 or nerr > max(10, n // 100):
+            raise BenchError(f"{n} requests, {nbad} non-2xx/3xx, socket errors "
+                             f"{errs.group(0) if errs else 0} (see {os.path.basename(raw)}.txt)")
+        cpu_s = (c1 - c0) / CLK_TCK
+        return dict(rps=round(float(rps.group(1)), 1), p50_ms=ms("50"), p99_ms=ms("99"),
+                    requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
+                    cpu_us_per_req=round(1e6 * cpu_s / n, 2))
+
+    def h2load(self, port, wl, pids, raw):
+        a = self.a
+        url = f"http://127.0.0.1:{port}{wl['path']}"
+        base = ["h2load", "-t1", f"-c{wl['conns']}", f"-m{wl['streams']}"]
+        rc, out = run(["h2load", "-n10", "-c1", url], 15, self.lcpu, raw + "-probe.txt")
+        if not re.search(r"requests: 10 total, 10 started, 10 done, 10 succeeded", out):
+            raise BenchError(f"h2c probe failed: {out.strip()[-300:]}")
+        run(base + [f"-D{a.warmup}", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
+        logf = raw + "-requests.tsv"
+        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        rc, out = run(base + [f"-D{a.duration}", f"--log-file={logf}", url], a.duration + 20,
+                      self.lcpu, raw + ".txt")
+        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        fin = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
+        req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                        r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+        st = re.search(r"status codes: (\d+) 2xx", out)
+        if rc != 0 or not fin or not req:
+            raise BenchError(f"h2load exited {rc}: {out.strip()[-300:]}")
+        done, ok = int(req.group(3)), int(req.group(4))
+        if done == 0 or ok < done or (st and int(st.group(1)) < ok):
+            raise BenchError(f"h2load: {req.group(0)}; {st.group(0) if st else ''}")
+        durs = []
+        try:
+            with open(logf) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3 and parts[1] == "200":
+                        durs.append(int(parts[2]))
+            os.unlink(logf)  # large, and summarised below
+        except (OSError, ValueError):
+            pass
+        durs.sort()
+        pct = lambda q: round(durs[min(len(durs) - 1, int(q * len(durs)))] / 1000, 3) if durs else ""
+        cpu_s = (c1 - c0) / CLK_TCK
+        return dict(rps=round(float(fin.group(3)), 1), p50_ms=pct(0.50), p99_ms=pct(0.99),
+                    requests=done, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
+                    cpu_us_per_req=round(1e6 * cpu_s / done, 2))
+
+    # ---- fixed-count cells
+    def h1load_fixed(self, port, wl, n, raw, timeout):
+        url = f"http://127.0.0.1:{port}{wl['path']}"
+        argv = ["h2load", "--h1", "-t1", f"-n{n}", f"-c{min(10, n)}"]
+        if wl["method"] == "POST":
+            argv += ["-d", os.path.join(self.tmp, "post.bin")]
+        rc, out = run(argv + [url], timeout, self.lcpu, raw)
+        req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
+        st = re.search(r"status codes: (\d+) 2xx", out)
+        if rc != 0 or not req or int(req.group(4)) != n or not st or int(st.group(1)) != n:
+            raise BenchError(f"h2load --h1 -n{n}: exit {rc}: "
+                             + (req.group(0) if req else out.strip()[-200:])
+                             + (f"; {st.group(0)}" if st else ""))
+
+    def instructions(self, wl, target):
+        n_full, n_base = INSTR_COUNTS[wl["id"]]
+        if self.a.quick:
+            n_full, n_base = n_full // 2, n_base // 2
+        irefs = {}
+        for n in (n_base, n_full):
+            tag = f"-instr-{wl['id']}-n{n}"
+            vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
+            if os.path.exists(vlog):
+                os.unlink(vlog)
+            p, port = self.start_target(target, valgrind=vlog, tag=tag)
+            try:
+                self.h1load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
+                                  timeout=300)
+            finally:
+                rc = self.stop_target(p, timeout=60)
+            try:
+                with open(vlog) as f:
+                    m = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
+            except OSError:
+                m = None
+            if not m:
+                raise BenchError(f"no cachegrind summary (exit {rc}; see {os.path.basename(vlog)}): "
+                                 f"{tail(vlog)}")
+            irefs[n] = int(m.group(1).replace(",", ""))
+        return round((irefs[n_full] - irefs[n_base]) / (n_full - n_base))
+
+    def syscalls(self, wl, target):
+        n = SYSCALL_COUNTS[wl["id"]]
+        if self.a.quick:
+            n //= 2
+        tag = f"-sys-{wl['id']}"
+        logs = os.path.join(self.out, "logs")
+        p, port = self.start_target(target, tag=tag)
+        tracer = None
+        try:
+            # warm the upstream pool first, then attach to the process tree
+            self.h1load_fixed(port, wl, 200 if n >= 10000 else 20, os.path.join(logs, f"{target}{tag}-warm.txt"), 60)
+            pids = ",".join(str(x) for x in p.tree())
+            out = os.path.join(logs, f"{target}{tag}.trace.txt")
+            if self.a.syscall_tool == "perf":
+                argv = ["perf", "trace", "-s", "-o", out, "-p", pids]
+            else:
+                argv = ["strace", "-c", "-f", "-o", out]
+                for x in pids.split(","):
+                    argv += ["-p", x]
+            tracer = Proc("tracer", argv, os.path.join(logs, f"{target}{tag}.tracer.log"), self.lcpu)
+            time.sleep(1.5)  # attach
+            if not tracer.alive():
+                raise BenchError(f"{argv[0]} exited: {tail(tracer.logpath)}")
+            self.h1load_fixed(port, wl, n, os.path.join(logs, f"{target}{tag}.h2load.txt"), 120)
+            time.sleep(0.2)
+            tracer.stop(sig=signal.SIGINT, timeout=30)
+            tracer = None
+            total = 0
+            with open(out) as f:
+                for line in f:
+                    if self.a.syscall_tool == "perf":
+                        mm = re.match(r"^\s+([a-z_0-9]+)\s+(\d+)\s+(\d+)\s+[\d.]+\s", line)
+                        if mm:
+                            total += int(mm.group(2))
+                    else:
+                        if line.rstrip().endswith(" total"):
+                            nums = line.split()[:-1]
+                            total = int(nums[3])
+            if total == 0:
+                raise BenchError(f"no syscalls parsed from {os.path.basename(out)}")
+            return round(total / n, 2)
+        finally:
+            if tracer is not None:
+                tracer.stop(sig=signal.SIGINT, timeout=10)
+            self.stop_target(p)
+
+    def idle_conns(self, target):
+        p = None
+        try:
+            p, port = self.start_target(target, tag="-idle")
+            probe(port, WL["small"])
+            pids = p.tree() if p else self.backend.tree()
+            time.sleep(0.3)
+            before = rss_kib(pids)
+            opened, ok, err = asyncio.run(open_idle(port, self.a.idle_conns))
+            time.sleep(1.0)
+            after = rss_kib(pids)
+            alive = p.alive() if p else True
+            asyncio.run(close_idle())
+            if not alive:
+                raise BenchError(f"{target} died while holding idle connections: {tail(p.logpath)}")
+            res = dict(conns=ok, opened=opened, rss_before_kib=before, rss_after_kib=after,
+                       kib_per_conn=round((after - before) / ok, 2) if ok else "")
+            if ok < self.a.idle_conns:
+                res["error"] = f"only {ok}/{self.a.idle_conns} connections answered ({err})"
+                self.notes.append(f"{target} / idle connections: {res['error']}")
+            return res
+        except BenchError as e:
+            self.notes.append(f"{target} / idle connections: {e}")
+            return dict(error=str(e))
+        finally:
+            self.stop_target(p)
+
+    # ---- orchestration
+    def main(self):
+        a = self.a
+        t_start = time.monotonic()
+        self.start_backend()
+        targets, wls = a.targets, [WL[w] for w in a.workloads]
+        log(f"throughput: {a.rounds} round(s) x {len(wls)} workloads x {len(targets)} targets, "
+            f"{a.duration}s each (+{a.warmup}s warm-up)")
+        for rnd in range(1, a.rounds + 1):
+            for wl in wls:
+                order = targets[rnd - 1:] + targets[:rnd - 1] if targets else []
+                for target in order:
+                    row = self.cell(rnd, wl, target)
+                    self.raw.append(row)
+                    if row["status"] == "ok":
+                        log(f"r{rnd} {wl['id']:8} {target:8} {row['rps']:>10} req/s  p50 {row['p50_ms']} ms"
+                            f"  p99 {row['p99_ms']} ms  cpu {row['cpu_pct']}%")
+                    else:
+                        log(f"r{rnd} {wl['id']:8} {target:8} {row['status']}")
+        h1 = [w for w in wls if w["proto"] == "h1"]
+        if not a.no_instr:
+            log("instructions per request (cachegrind, fixed request count, baseline subtracted)")
+            for wl in h1:
+                for target in [t for t in targets if t != "direct"]:
+                    try:
+                        v = self.instructions(wl, target)
+                    except BenchError as e:
+                        v = "error"
+                        self.notes.append(f"{target} / instructions / {wl['label']}: {e}")
+                    self.instr[(wl["id"], target)] = v
+                    log(f"  {wl['id']:8} {target:8} {v} instr/req")
+        if not a.no_syscalls:
+            log(f"syscalls per request ({a.syscall_tool}, fixed request count)")
+            for wl in h1:
+                for target in [t for t in targets if t != "direct"]:
+                    try:
+                        v = self.syscalls(wl, target)
+                    except BenchError as e:
+                        v = "error"
+                        self.notes.append(f"{target} / syscalls / {wl['label']}: {e}")
+                    self.sysc[(wl["id"], target)] = v
+                    log(f"  {wl['id']:8} {target:8} {v} syscalls/req")
+        if not a.no_idle:
+            log(f"{a.idle_conns} idle keep-alive connections")
+            for target in targets:
+                self.idle[target] = r = self.idle_conns(target)
+                log(f"  {target:8} {r.get('kib_per_conn', 'error')} KiB/conn {r.get('error', '')}")
+        self.elapsed = time.monotonic() - t_start
+        self.report()
+
+    def report(self):
+        import report
+        report.write(self)
+
+
+# --------------------------------------------------------------------------
+# idle connections (asyncio, in the harness process pinned to the load CPU)
+# --------------------------------------------------------------------------
+
+IDLE = []
+
+
+async def open_idle(port, count, batch=200):
+    req = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sluice-bench-idle\r\n\r\n"
+    errors = {}
+
+    async def one():
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        except Exception as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+            return 0
+        IDLE.append(w)
+        try:
+            w.write(req)
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            if not head.startswith(b"HTTP/1.1 200") or not m:
+                errors["bad response"] = errors.get("bad response", 0) + 1
+                return 1
+            await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
+            return 2
+        except Exception as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+            return 1
+
+    results = []
+    for i in range(0, count, batch):
+        results += await asyncio.gather(*(one() for _ in range(min(batch, count - i))))
+    return sum(1 for x in results if x >= 1), sum(1 for x in results if x == 2), errors
+
+
+async def close_idle():
+    for w in IDLE:
+        w.close()
+    IDLE.clear()
+
+
+# --------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="compare.sh", description="sluice vs nginx vs HAProxy benchmark")
+    ap.add_argument("--quick", action="store_true", help="one round, 3 s cells, halved fixed counts")
+    ap.add_argument("--rounds", type=int, help="rounds per cell (median taken); default 3")
+    ap.add_argument("--duration", type=int, help="seconds per measured cell; default 4")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per cell (not measured)")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--workloads", default=",".join(w["id"] for w in WORKLOADS))
+    ap.add_argument("--idle-conns", type=int, default=5000)
+    ap.add_argument("--no-instr", action="store_true", help="skip the cachegrind cells")
+    ap.add_argument("--no-syscalls", action="store_true", help="skip the syscall-count cells")
+    ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection cells")
+    ap.add_argument("--syscall-tool", choices=["perf", "strace"], default=None)
+    ap.add_argument("--proxy-cpu", type=int, default=0)
+    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--max-seconds", type=int, default=1500, help="hard limit for the whole run")
+    ap.add_argument("--sluice", required=True)
+    ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
+    ap.add_argument("--out", default=None, help="results directory (default bench/results/run-DATE)")
+    a = ap.parse_args(argv)
+    a.rounds = a.rounds or (1 if a.quick else 3)
+    a.duration = a.duration or (3 if a.quick else 4)
+    a.targets = [t for t in a.targets.split(",") if t]
+    a.workloads = [w for w in a.workloads.split(",") if w]
+    for t in a.targets:
+        if t not in TARGETS:
+            ap.error(f"unknown target {t} (known: {', '.join(TARGETS)})")
+    for w in a.workloads:
+        if w not in WL:
+            ap.error(f"unknown workload {w} (known: {', '.join(WL)})")
+    if not a.out:
+        a.out = os.path.join(BENCH_DIR, "results", "run-" + time.strftime("%Y%m%d-%H%M%S"))
+    if a.syscall_tool is None:
+        ok = subprocess.run(["perf", "trace", "-s", "true"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=30).returncode == 0 \
+            if shutil.which("perf") else False
+        a.syscall_tool = "perf" if ok else "strace"
+    return a
+
+
+def main(argv):
+    a = parse_args(argv)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(
+        SystemExit(f"run exceeded --max-seconds={a.max_seconds}")))
+    signal.alarm(a.max_seconds)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < a.idle_conns + 1000:
+        log(f"warning: open-files limit {want} < {a.idle_conns + 1000}; idle cells may fail")
+    ncpu = os.cpu_count() or 1
+    if ncpu < 2:
+        log("warning: one CPU only: proxy and load generator share it")
+        a.proxy_cpu = a.load_cpu = 0
+    os.sched_setaffinity(0, {a.load_cpu})
+    sys.path.insert(0, LIB)
+    b = Bench(a)
+    log(f"results -> {a.out}; temp dir {b.tmp}")
+    try:
+        b.main()
+    finally:
+        cleanup()
+        shutil.rmtree(b.tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

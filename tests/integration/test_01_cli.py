@@ -1,0 +1,219 @@
+"""SPEC 1 and 2: command line, exit codes, configuration errors."""
+import json
+import re
+import signal
+import socket
+
+from conftest import free_port, request, run_sluice
+
+
+def good_config(port=None):
+    return {
+        "listen": [{"address": f"127.0.0.1:{port or free_port()}"}],
+        "routes": [{"name": "hello", "respond": {"status": 200, "body": "hi"}}],
+    }
+
+
+def write(tmp_path, config, name="sluice.json"):
+    path = tmp_path / name
+    path.write_text(config if isinstance(config, str) else json.dumps(config, indent=2))
+    return path
+
+
+def lines(data: bytes):
+    return [line for line in data.decode(errors="replace").splitlines() if line.strip()]
+
+
+def test_help_goes_to_stdout_and_exits_0(tmp_path):
+    p = run_sluice(["-h"], tmp_path)
+    assert p.returncode == 0, p
+    out = p.stdout.decode()
+    assert "sluice" in out and "-c" in out and "-t" in out and "-V" in out, out
+
+
+def test_version_names_sluice_and_libraries(tmp_path):
+    p = run_sluice(["-V"], tmp_path)
+    assert p.returncode == 0, p
+    out = p.stdout.decode()
+    assert re.match(r"^sluice \d+\.\d+\.\d+", out), out
+    for lib in ("libevent", "nghttp2", "openssl", "jansson", "pcre2"):
+        assert lib in out.lower(), (lib, out)
+
+
+def test_check_good_config_prints_configuration_ok(tmp_path):
+    port = free_port()
+    write(tmp_path, good_config(port))
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 0, p
+    assert p.stdout.decode().strip() == "configuration ok", p
+    # -t starts nothing: the port is still free.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_comment_keys_are_allowed(tmp_path):
+    cfg = good_config()
+    cfg["_comment"] = "keys starting with _ are comments"
+    cfg["routes"][0]["_note"] = {"anything": [1, 2]}
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 0, p.stderr
+
+
+def test_unknown_upstream_names_path_and_defined_list(tmp_path):
+    cfg = good_config()
+    cfg["upstreams"] = {"users": {"targets": ["127.0.0.1:1"]},
+                        "orders": {"targets": ["127.0.0.1:2"]}}
+    cfg["routes"] = [{"match": {"prefix": "/u"}, "upstream": "userz"}]
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    hits = [l for l in err if l.startswith('sluice.json: routes[0].upstream: unknown upstream "userz"')]
+    assert len(hits) == 1, err
+    m = re.search(r"\(defined: ([^)]*)\)", hits[0])
+    assert m and set(m.group(1).split(", ")) == {"users", "orders"}, hits[0]
+    assert p.stdout.decode().strip() == "", "errors go to stderr only"
+
+
+def test_syntax_error_has_line_and_column(tmp_path):
+    text = ('{\n'
+            '  "listen": [ { "address": "127.0.0.1:%d" } ],\n'
+            '  "routes": [ { "respond": { "status": 200 } }\n'
+            '}\n') % free_port()
+    write(tmp_path, text)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    assert any(re.match(r"^sluice\.json:4:\d+: syntax error: .*']' expected", l) for l in err), err
+
+
+def test_all_errors_reported_in_one_run(tmp_path):
+    cfg = good_config()
+    cfg["upstreams"] = {"users": {"targets": ["127.0.0.1:1"], "retires": 1}}
+    cfg["routes"] = [
+        {"match": {"prefix": "/a"}, "upstream": "nope1"},
+        {"match": {"prefix": "/b"}, "upstream": "users"},
+        {"match": {"prefix": "/c"}, "upstream": "nope2"},
+    ]
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    assert any(l.startswith("sluice.json: routes[0].upstream: ") and "nope1" in l for l in err), err
+    assert any(l.startswith("sluice.json: routes[2].upstream: ") and "nope2" in l for l in err), err
+    assert any(l.startswith("sluice.json: upstreams.users") and "retires" in l for l in err), err
+    assert not any("routes[1]" in l for l in err), err
+
+
+def test_unknown_key_typo_is_an_error(tmp_path):
+    cfg = good_config()
+    cfg["routes"][0]["mtach"] = {"prefix": "/"}
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    # Either "routes[0].mtach: unknown key" or "routes[0]: unknown key "mtach"".
+    assert any(l.startswith("sluice.json: routes[0]") and "mtach" in l for l in err), err
+
+
+def test_unset_environment_variable_is_an_error(tmp_path):
+    cfg = good_config()
+    cfg["routes"][0]["respond"]["body"] = "${SLUICE_TEST_UNSET_VARIABLE}"
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    assert any("SLUICE_TEST_UNSET_VARIABLE" in l and l.startswith("sluice.json") for l in err), err
+
+
+def test_environment_expansion_in_a_running_gateway(sluice):
+    s = sluice({"routes": [
+        {"match": {"path": "/set"}, "respond": {"status": 200, "body": "${SLUICE_TEST_GREETING}"}},
+        {"match": {"path": "/default"},
+         "respond": {"status": 200, "body": "${SLUICE_TEST_UNSET_VARIABLE:-fallback}"}},
+        {"match": {"path": "/dollars"}, "respond": {"status": 200, "body": "a$$b $6$salt$x"}},
+    ]}, env={"SLUICE_TEST_GREETING": "hello env"})
+    assert s.request("GET", "/set").body == b"hello env"
+    assert s.request("GET", "/default").body == b"fallback"
+    # $$ is a literal $, any other $ is literal (crypt hashes).
+    assert s.request("GET", "/dollars").body == b"a$b $6$salt$x"
+
+
+def test_missing_config_file_exits_1(tmp_path):
+    p = run_sluice(["-c", "does-not-exist.json"], tmp_path)
+    assert p.returncode == 1, p
+    assert "does-not-exist.json" in p.stderr.decode(), p.stderr
+    p = run_sluice(["-t", "-c", "does-not-exist.json"], tmp_path)
+    assert p.returncode == 1, p
+
+
+def test_bad_usage_exits_2(tmp_path):
+    p = run_sluice(["-Z"], tmp_path)
+    assert p.returncode == 2, p
+    p = run_sluice(["-c"], tmp_path)
+    assert p.returncode == 2, p
+    p = run_sluice(["-t", "extra-argument"], tmp_path)
+    assert p.returncode == 2, p
+
+
+def test_listen_port_in_use_exits_3_with_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        write(tmp_path, good_config(port))
+        p = run_sluice(["-c", "sluice.json"], tmp_path)
+    assert p.returncode == 3, p
+    err = lines(p.stderr)
+    assert len(err) == 1, err
+    assert "sluice.json" in err[0] and "listen[0]" in err[0] and str(port) in err[0], err
+
+
+def test_sluice_config_environment_variable(tmp_path):
+    path = write(tmp_path, good_config(), name="from-env.json")
+    p = run_sluice(["-t"], tmp_path, env={"SLUICE_CONFIG": str(path)})
+    assert p.returncode == 0, p
+    assert p.stdout.decode().strip() == "configuration ok"
+    bad = good_config()
+    bad["routes"][0]["upstream"] = "ghost"
+    path.write_text(json.dumps(bad))
+    p = run_sluice(["-t"], tmp_path, env={"SLUICE_CONFIG": str(path)})
+    assert p.returncode == 1, p
+    assert "from-env.json" in p.stderr.decode()
+
+
+def test_default_config_is_sluice_json_in_cwd(tmp_path):
+    write(tmp_path, good_config())
+    p = run_sluice(["-t"], tmp_path)
+    assert p.returncode == 0, p
+    assert p.stdout.decode().strip() == "configuration ok"
+
+
+def test_tls_listener_not_available(tmp_path):
+    cfg = good_config()
+    cfg["listen"][0]["tls"] = {"certificates": [{"cert": "a.pem", "key": "a.key"}]}
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    assert any(l.startswith("sluice.json: listen[0]") and "not available in this version" in l
+               for l in err), err
+
+
+def test_jwt_filter_not_available(tmp_path):
+    cfg = good_config()
+    cfg["routes"][0]["filters"] = [{"type": "jwt", "algorithms": ["HS256"], "secret": "s"}]
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    assert any(l.startswith("sluice.json: routes[0].filters[0]")
+               and "not available in this version" in l for l in err), err
+
+
+def test_sigterm_right_after_start_exits_0(sluice):
+    s = sluice(good_config())
+    assert request(s.port, "GET", "/").body == b"hi"
+    assert s.stop(signal.SIGTERM, timeout=5) == 0
