@@ -94,7 +94,10 @@ static void destroy(struct h1_conn *h)
     free(h);
 }
 
-/* Closes the socket now; the struct goes once no callback is on the stack. */
+/*
+ * Closes the socket now. The struct itself is freed by leave() once no
+ * callback is on the stack: every caller runs inside a busy section.
+ */
 static void close_now(struct h1_conn *h)
 {
     if (h->x) {
@@ -105,8 +108,6 @@ static void close_now(struct h1_conn *h)
     h->dead = true;
     conn_close(&h->conn);
     event_del(h->timer);
-    if (h->busy == 0)
-        destroy(h);
 }
 
 /* Ends a callback section: frees the connection if it died inside. Returns false then. */
