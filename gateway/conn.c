@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdlib.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -116,6 +117,28 @@ static int setup(struct conn *c, struct event_base *base, int fd, const struct c
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return 0;
+}
+
+struct conn *conn_new(void)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (c)
+        c->fd = -1;
+    return c;
+}
+
+void conn_free(struct conn *c)
+{
+    if (!c)
+        return;
+    conn_close(c);
+    free(c);
+}
+
+void conn_set_owner(struct conn *c, const struct conn_events *events, void *owner)
+{
+    c->events = events;
+    c->owner = owner;
 }
 
 int conn_open(struct conn *c, struct event_base *base, int fd, const struct conn_events *events,

@@ -53,6 +53,18 @@ struct conn {
     int connect_err; /* a connect that failed at once, reported from the loop */
 };
 
+/* Allocates a closed connection (fd -1); free with conn_free. NULL on OOM. */
+struct conn *conn_new(void);
+
+/* Closes (conn_close) and frees a connection from conn_new. NULL ok. */
+void conn_free(struct conn *c);
+
+/*
+ * Hands the connection to another owner (a codec adopting it): later
+ * callbacks go to `events` with c->owner = owner. Registrations are kept.
+ */
+void conn_set_owner(struct conn *c, const struct conn_events *events, void *owner);
+
 /*
  * Takes over `fd` (made non-blocking here) and starts reading. Returns 0, or
  * -1 when libevent cannot allocate (the fd is then not closed).

@@ -43,6 +43,7 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
     x->start_us = now_us();
     header_list_init(&x->req_headers, a, 0);
     header_list_init(&x->resp_headers, a, 16);
+    header_list_init(&x->resp_trailers, a, 0);
     x->req_body = evbuffer_new();
     if (!x->req_body) {
         fprintf(stderr, "sluice: out of memory\n");

@@ -114,10 +114,11 @@ struct exchange {
     /* The response. Response filters may edit resp_headers. */
     int status;
     struct header_list resp_headers;
-    int64_t resp_length;   /* Content-Length of the response body, -1 unknown */
-    bool resp_no_body;     /* HEAD, 1xx, 204, 304: no body whatever the headers say */
-    bool gateway_response; /* made by the gateway (SPEC 3.2 JSON or respond/redirect) */
-    const char *error;     /* the SPEC 7 error code when the gateway made an error */
+    int64_t resp_length;              /* Content-Length of the response body, -1 unknown */
+    struct header_list resp_trailers; /* trailer fields (HTTP/2, gRPC); count 0 when none */
+    bool resp_no_body;                /* HEAD, 1xx, 204, 304: no body whatever the headers say */
+    bool gateway_response;            /* made by the gateway (SPEC 3.2 JSON or respond/redirect) */
+    const char *error;                /* the SPEC 7 error code when the gateway made an error */
 
     /* Request body as decoded by the codec, waiting to go upstream. */
     struct evbuffer *req_body;

@@ -31,7 +31,7 @@ enum h1_state {
 
 struct h1_conn {
     struct client_conn link;
-    struct conn conn;
+    struct conn *conn; /* adopted: this codec owns and frees it */
     struct exchange_side side;
     struct worker *w;
     struct sockaddr_storage peer;
@@ -46,6 +46,8 @@ struct h1_conn {
     bool close_after;      /* close after the current response */
     bool want_process;     /* pipelined input waits to be parsed */
     bool shut;             /* write side shut down (lingering) */
+    unsigned flags;        /* enum listen_flags */
+    bool tls;              /* the connection came over TLS */
     bool client_10;        /* the current request is HTTP/1.0 */
     bool client_keepalive; /* the current request allows another one after it */
     bool write_failed;     /* a write to the client failed; close from the loop */
@@ -86,7 +88,7 @@ static void arm_timer(struct h1_conn *h, int ms)
 
 static void destroy(struct h1_conn *h)
 {
-    conn_close(&h->conn);
+    conn_free(h->conn);
     if (h->timer)
         event_free(h->timer);
     worker_conn_removed(h->w, &h->link);
@@ -106,7 +108,7 @@ static void close_now(struct h1_conn *h)
         exchange_on_client_abort(x);
     }
     h->dead = true;
-    conn_close(&h->conn);
+    conn_close(h->conn);
     event_del(h->timer);
 }
 
@@ -198,7 +200,7 @@ static const char *reason(int status)
 static void h1_send_head(struct exchange *x)
 {
     struct h1_conn *h = from_side(x);
-    struct evbuffer *out = h->conn.out;
+    struct evbuffer *out = h->conn->out;
     /* A response that leaves request bytes unread cannot be followed by another request. */
     if (!h->body_done)
         h->close_after = true;
@@ -241,7 +243,7 @@ static void h1_send_head(struct exchange *x)
 
 static void flush_or_fail(struct h1_conn *h)
 {
-    if (conn_flush(&h->conn) < 0) {
+    if (conn_flush(h->conn) < 0) {
         /* Report from the loop: the exchange is on the stack right now. */
         h->write_failed = true;
         h->close_after = true;
@@ -262,11 +264,11 @@ static void h1_send_body(struct exchange *x, struct evbuffer *data)
     if (h->resp_chunked) {
         char size[20];
         int n = snprintf(size, sizeof size, "%zx\r\n", len);
-        evbuffer_add(h->conn.out, size, (size_t)n);
-        evbuffer_add_buffer(h->conn.out, data);
-        evbuffer_add(h->conn.out, "\r\n", 2);
+        evbuffer_add(h->conn->out, size, (size_t)n);
+        evbuffer_add_buffer(h->conn->out, data);
+        evbuffer_add(h->conn->out, "\r\n", 2);
     } else {
-        evbuffer_add_buffer(h->conn.out, data);
+        evbuffer_add_buffer(h->conn->out, data);
     }
     flush_or_fail(h);
 }
@@ -275,7 +277,7 @@ static void h1_send_end(struct exchange *x)
 {
     struct h1_conn *h = from_side(x);
     if (h->resp_chunked && !x->resp_no_body)
-        evbuffer_add(h->conn.out, "0\r\n\r\n", 5);
+        evbuffer_add(h->conn->out, "0\r\n\r\n", 5);
     h->x = NULL;
     h->resp_done = true;
     flush_or_fail(h);
@@ -285,8 +287,8 @@ static void h1_send_end(struct exchange *x)
     }
     h->state = H1_IDLE;
     h->fresh = false;
-    conn_read_enable(&h->conn, true);
-    if (evbuffer_get_length(h->conn.in) > 0 || h->conn.eof) {
+    conn_read_enable(h->conn, true);
+    if (evbuffer_get_length(h->conn->in) > 0 || h->conn->eof) {
         /* Pipelined input: parse it from the loop, not from inside the exchange. */
         h->want_process = true;
         event_active(h->timer, EV_TIMEOUT, 0);
@@ -299,8 +301,8 @@ static void h1_pause_body(struct exchange *x, bool pause)
 {
     struct h1_conn *h = from_side(x);
     h->body_paused = pause;
-    conn_read_enable(&h->conn, !pause);
-    if (!pause && evbuffer_get_length(h->conn.in) > 0) {
+    conn_read_enable(h->conn, !pause);
+    if (!pause && evbuffer_get_length(h->conn->in) > 0) {
         h->want_process = true;
         event_active(h->timer, EV_TIMEOUT, 0);
     }
@@ -308,7 +310,7 @@ static void h1_pause_body(struct exchange *x, bool pause)
 
 static size_t h1_pending(struct exchange *x)
 {
-    return evbuffer_get_length(from_side(x)->conn.out);
+    return evbuffer_get_length(from_side(x)->conn->out);
 }
 
 static void h1_abort(struct exchange *x)
@@ -319,7 +321,7 @@ static void h1_abort(struct exchange *x)
     /* The exchange is on the stack: close from the loop. */
     h->dead = false;
     h->keepalive = false;
-    evbuffer_drain(h->conn.out, evbuffer_get_length(h->conn.out));
+    evbuffer_drain(h->conn->out, evbuffer_get_length(h->conn->out));
     h->state = H1_CLOSING;
     h->shut = true;
     event_active(h->timer, EV_TIMEOUT, 0);
@@ -330,7 +332,7 @@ static void h1_send_continue(struct exchange *x)
     struct h1_conn *h = from_side(x);
     if (h->client_10)
         return;
-    evbuffer_add(h->conn.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    evbuffer_add(h->conn->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     flush_or_fail(h);
 }
 
@@ -349,12 +351,12 @@ static const struct exchange_side_ops h1_ops = {
 static void start_closing(struct h1_conn *h)
 {
     h->state = H1_CLOSING;
-    if (evbuffer_get_length(h->conn.out) == 0) {
-        shutdown(h->conn.fd, SHUT_WR);
+    if (evbuffer_get_length(h->conn->out) == 0) {
+        shutdown(h->conn->fd, SHUT_WR);
         h->shut = true;
     }
     /* Keep reading (and discarding) so unread input does not turn into a reset. */
-    conn_read_enable(&h->conn, true);
+    conn_read_enable(h->conn, true);
     arm_timer(h, LINGER_MS);
 }
 
@@ -381,6 +383,7 @@ static struct exchange *new_exchange(struct h1_conn *h)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&h->peer)->sin6_addr, x->remote_addr,
                   sizeof x->remote_addr);
     x->protocol = XPROTO_HTTP11;
+    x->tls = h->tls;
     h->x = x;
     h->state = H1_ACTIVE;
     h->requests++;
@@ -396,7 +399,7 @@ static struct exchange *new_exchange(struct h1_conn *h)
 static bool read_body(struct h1_conn *h)
 {
     struct exchange *x = h->x;
-    struct evbuffer *in = h->conn.in;
+    struct evbuffer *in = h->conn->in;
     bool moved = false;
     while (!h->body_done && evbuffer_get_length(in) > 0) {
         if (h->req_framing == HTTP1_BODY_LENGTH) {
@@ -484,7 +487,7 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     h->client_10 = rq->minor_version == 0;
     h->client_keepalive = client_wants_keepalive(x);
     x->bytes_in = (uint64_t)head_len;
-    evbuffer_drain(h->conn.in, (size_t)head_len);
+    evbuffer_drain(h->conn->in, (size_t)head_len);
 
     static const struct slice host_name = SLICE_LIT("Host");
     size_t hosts = header_count(&x->req_headers, host_name);
@@ -531,7 +534,7 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
          * upstream, so a bad chunk in them is refused before a pooled
          * connection could carry the head away.
          */
-        if (evbuffer_get_length(h->conn.in) > 0 && !read_body(h))
+        if (evbuffer_get_length(h->conn->in) > 0 && !read_body(h))
             return;
         if (h->x != x)
             return;
@@ -548,7 +551,7 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
 static bool parse_head(struct h1_conn *h)
 {
     const struct limits_config *lim = limits(h);
-    struct evbuffer *in = h->conn.in;
+    struct evbuffer *in = h->conn->in;
     size_t have = evbuffer_get_length(in);
     size_t look = have < (size_t)lim->max_header_bytes ? have : (size_t)lim->max_header_bytes;
     const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
@@ -561,7 +564,7 @@ static bool parse_head(struct h1_conn *h)
         return true;
     }
     if (r == HTTP1_PARTIAL && look < (size_t)lim->max_header_bytes) {
-        if (h->conn.eof)
+        if (h->conn->eof)
             close_now(h); /* the client gave up mid-head */
         return false;
     }
@@ -582,8 +585,8 @@ static void process(struct h1_conn *h)
     h->busy++;
     for (int round = 0; round < 64 && !h->dead; round++) {
         if (h->state == H1_CLOSING) {
-            evbuffer_drain(h->conn.in, evbuffer_get_length(h->conn.in));
-            if (h->conn.eof)
+            evbuffer_drain(h->conn->in, evbuffer_get_length(h->conn->in));
+            if (h->conn->eof)
                 close_now(h);
             break;
         }
@@ -591,16 +594,16 @@ static void process(struct h1_conn *h)
             if (h->x && !h->body_done && !h->body_paused)
                 read_body(h);
             else if (h->x && h->body_done &&
-                     evbuffer_get_length(h->conn.in) > (size_t)limits(h)->max_header_bytes)
-                conn_read_enable(&h->conn, false); /* pipelined bytes wait their turn */
-            if (h->conn.eof && h->x && !h->body_done) {
+                     evbuffer_get_length(h->conn->in) > (size_t)limits(h)->max_header_bytes)
+                conn_read_enable(h->conn, false); /* pipelined bytes wait their turn */
+            if (h->conn->eof && h->x && !h->body_done) {
                 close_now(h); /* the client went away mid-body */
             }
             break;
         }
         /* Idle or mid-head: look for a request. */
-        if (evbuffer_get_length(h->conn.in) == 0) {
-            if (h->conn.eof)
+        if (evbuffer_get_length(h->conn->in) == 0) {
+            if (h->conn->eof)
                 close_now(h);
             break;
         }
@@ -628,7 +631,7 @@ static void on_writable(struct conn *c)
     struct h1_conn *h = c->owner;
     if (h->state == H1_CLOSING) {
         if (!h->shut) {
-            shutdown(h->conn.fd, SHUT_WR);
+            shutdown(h->conn->fd, SHUT_WR);
             h->shut = true;
         }
         return;
@@ -688,8 +691,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         }
         break;
     case H1_CLOSING:
-        if (h->shut && evbuffer_get_length(h->conn.out) > 0)
-            evbuffer_drain(h->conn.out, evbuffer_get_length(h->conn.out));
+        if (h->shut && evbuffer_get_length(h->conn->out) > 0)
+            evbuffer_drain(h->conn->out, evbuffer_get_length(h->conn->out));
         close_now(h);
         break;
     }
@@ -723,8 +726,8 @@ static const struct conn_events h1_conn_events = {
     .on_error = on_error,
 };
 
-int http1_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer,
-                        socklen_t peerlen)
+int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_storage *peer,
+                       unsigned flags)
 {
     struct h1_conn *h = calloc(1, sizeof *h);
     if (!h)
@@ -732,19 +735,45 @@ int http1_server_accept(struct worker *w, int fd, const struct sockaddr_storage 
     h->w = w;
     h->side.ops = &h1_ops;
     h->peer = *peer;
+    h->tls = flags & LISTEN_TLS;
+    h->flags = flags;
     h->fresh = true;
     h->body_done = true;
     h->link.on_drain = on_drain;
     h->link.on_stop = on_stop;
     h->timer = event_new(w->base, -1, 0, on_timer, h);
-    if (!h->timer || conn_open(&h->conn, w->base, fd, &h1_conn_events, h) < 0) {
-        if (h->timer)
-            event_free(h->timer);
+    if (!h->timer) {
         free(h);
         return -1;
     }
+    h->conn = c;
+    conn_set_owner(c, &h1_conn_events, h);
+    conn_read_enable(c, true);
     worker_conn_added(w, &h->link);
     metrics_connection_opened("http1");
     arm_timer(h, limits(h)->header_timeout_ms);
+    /* Bytes may already be buffered (a TLS handshake or a codec read them). */
+    if (evbuffer_get_length(c->in) > 0) {
+        h->want_process = true;
+        event_active(h->timer, EV_TIMEOUT, 0);
+    }
+    return 0;
+}
+
+int http1_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                        socklen_t peerlen, unsigned flags)
+{
+    struct conn *c = conn_new();
+    if (!c)
+        return -1;
+    if (conn_open(c, w->base, fd, &h1_conn_events, NULL) < 0) {
+        free(c);
+        return -1;
+    }
+    if (http1_server_adopt(w, c, peer, flags) < 0) {
+        c->fd = -1; /* the caller closes the socket */
+        conn_free(c);
+        return -1;
+    }
     return 0;
 }

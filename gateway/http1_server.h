@@ -18,12 +18,28 @@
 #ifndef SLUICE_HTTP1_SERVER_H
 #define SLUICE_HTTP1_SERVER_H
 
+#include <stdbool.h>
 #include <sys/socket.h>
 
+struct conn;
 struct worker;
+
+/* What the listener a connection came through allows. */
+enum listen_flags {
+    LISTEN_TLS = 1 << 0, /* the connection is TLS (handshake done) */
+    LISTEN_H2C = 1 << 1, /* cleartext HTTP/2 with prior knowledge is enabled */
+};
+
+/*
+ * Takes over an open connection (after a TLS handshake, say) and serves
+ * HTTP/1.1 on it; bytes already in c->in are parsed first. On success the
+ * codec owns `c` (and frees it); on -1 the caller still owns it.
+ */
+int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_storage *peer,
+                       unsigned flags);
 
 /* Serves a freshly accepted socket. Returns 0, or -1 (the caller closes fd). */
 int http1_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer,
-                        socklen_t peerlen);
+                        socklen_t peerlen, unsigned flags);
 
 #endif

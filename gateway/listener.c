@@ -65,7 +65,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
             return;
         }
         atomic_fetch_add(&open_conns, 1);
-        if (http1_server_accept(w, cfd, &peer, len) < 0) {
+        if (http1_server_accept(w, cfd, &peer, len, l->flags) < 0) {
             close(cfd);
             atomic_fetch_sub(&open_conns, 1);
         }

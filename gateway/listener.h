@@ -26,7 +26,8 @@ struct listener {
     struct worker *worker;
     int fd;
     struct event *ev;
-    char *address; /* as configured, the key for reload */
+    char *address;  /* as configured, the key for reload */
+    unsigned flags; /* enum listen_flags, refreshed on reload */
     bool paused;
 };
 

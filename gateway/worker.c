@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "http1_server.h"
 #include "listener.h"
 #include "log.h"
 #include "upstream.h"
@@ -155,9 +156,14 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
     }
     for (size_t i = 0; i < s->num_listeners; i++) {
         const struct listen_config *lc = &s->listeners[i];
+        unsigned flags = lc->h2c ? LISTEN_H2C : 0;
         bool have = false;
-        for (struct listener *l = w->listeners; l; l = l->next)
-            have |= strcmp(l->address, lc->address) == 0;
+        for (struct listener *l = w->listeners; l; l = l->next) {
+            if (strcmp(l->address, lc->address) == 0) {
+                l->flags = flags;
+                have = true;
+            }
+        }
         if (have)
             continue;
         char why[256];
@@ -177,6 +183,7 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
         struct listener *l = listener_new(w, fd, lc->address);
         if (!l)
             return -1;
+        l->flags = flags;
         l->next = w->listeners;
         w->listeners = l;
     }
