@@ -152,43 +152,64 @@ bool header_has_token(const struct header_list *l, struct slice name, struct sli
     return false;
 }
 
+/* True for the fixed hop-by-hop names of RFC 9110 7.6.1 (not counting Upgrade). */
+static bool fixed_hop_by_hop(struct slice n)
+{
+    /* Dispatch on length first: almost every field fails here without a compare. */
+    switch (n.len) {
+    case 2:
+        return slice_ieq(n, SLICE_LIT("TE"));
+    case 7:
+        return slice_ieq(n, SLICE_LIT("Trailer"));
+    case 10:
+        return slice_ieq(n, SLICE_LIT("Connection")) || slice_ieq(n, SLICE_LIT("Keep-Alive"));
+    case 16:
+        return slice_ieq(n, SLICE_LIT("Proxy-Connection"));
+    case 17:
+        return slice_ieq(n, SLICE_LIT("Transfer-Encoding"));
+    default:
+        return false;
+    }
+}
+
+/* At most this many field names listed in Connection are honoured; more is abuse. */
+#define MAX_CONNECTION_TOKENS 32
+
 void header_remove_hop_by_hop(struct header_list *l, bool keep_upgrade)
 {
-    static const struct slice fixed[] = {
-        SLICE_LIT("Connection"), SLICE_LIT("Keep-Alive"), SLICE_LIT("Proxy-Connection"),
-        SLICE_LIT("TE"),         SLICE_LIT("Trailer"),    SLICE_LIT("Transfer-Encoding"),
-    };
     const struct slice connection = SLICE_LIT("Connection");
     const struct slice upgrade = SLICE_LIT("Upgrade");
 
     /*
      * RFC 9110 7.6.1: every field named in Connection is hop-by-hop too.
-     * The tokens point into the value's bytes, which removal does not
-     * touch, but removal shifts the items, so the k-th Connection field is
-     * looked up again on each round.
+     * The tokens point into the values' bytes, which the compaction below
+     * moves as slices but never touches, so they stay valid.
      */
-    for (size_t k = 0;; k++) {
-        long i = -1;
-        for (size_t seen = 0; seen <= k; seen++) {
-            i = header_find(l, connection, (size_t)(i + 1));
-            if (i < 0)
-                break;
-        }
-        if (i < 0)
-            break;
+    struct slice named[MAX_CONNECTION_TOKENS];
+    size_t num_named = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        if (!slice_ieq(l->items[i].name, connection))
+            continue;
         struct slice v = l->items[i].value, e;
-        while (next_element(&v, &e)) {
+        while (next_element(&v, &e) && num_named < MAX_CONNECTION_TOKENS) {
             if (e.len == 0 || slice_ieq(e, connection))
                 continue;
             if (keep_upgrade && slice_ieq(e, upgrade))
                 continue;
-            header_remove(l, e);
+            named[num_named++] = e;
         }
     }
-    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
-        header_remove(l, fixed[i]);
+    /* One pass: keep what is end-to-end. */
+    size_t out = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        struct slice n = l->items[i].name;
+        bool drop = fixed_hop_by_hop(n) || (!keep_upgrade && slice_ieq(n, upgrade));
+        for (size_t k = 0; !drop && k < num_named; k++)
+            drop = slice_ieq(n, named[k]);
+        if (!drop)
+            l->items[out++] = l->items[i];
+    }
+    l->count = out;
     if (keep_upgrade)
         header_add(l, connection, SLICE_LIT("upgrade"));
-    else
-        header_remove(l, upgrade);
 }

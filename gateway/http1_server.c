@@ -221,24 +221,52 @@ static void h1_send_head(struct exchange *x)
         }
     }
 
-    char line[64];
-    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", x->status, reason(x->status));
-    evbuffer_add(out, line, (size_t)n);
+    /* The whole head is written into one reserved extent: one copy, one later write. */
+    const char *why = reason(x->status);
+    size_t why_len = strlen(why);
+    const char *tail = !h->keepalive  ? "Connection: close\r\n\r\n"
+                       : h->client_10 ? "Connection: keep-alive\r\n\r\n"
+                                      : "\r\n";
+    size_t tail_len = strlen(tail);
+    size_t size = 13 + why_len + 2 + (h->resp_chunked ? 28 : 0) + tail_len;
+    for (size_t i = 0; i < x->resp_headers.count; i++)
+        size += x->resp_headers.items[i].name.len + x->resp_headers.items[i].value.len + 4;
+    struct evbuffer_iovec vec;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)size, &vec, 1) != 1) {
+        fprintf(stderr, "sluice: out of memory\n");
+        abort();
+    }
+    char *p = vec.iov_base;
+    int status = x->status >= 100 && x->status <= 999 ? x->status : 500;
+    memcpy(p, "HTTP/1.1 ", 9);
+    p[9] = (char)('0' + status / 100);
+    p[10] = (char)('0' + status / 10 % 10);
+    p[11] = (char)('0' + status % 10);
+    p[12] = ' ';
+    p += 13;
+    memcpy(p, why, why_len);
+    p += why_len;
+    *p++ = '\r';
+    *p++ = '\n';
     for (size_t i = 0; i < x->resp_headers.count; i++) {
         const struct header *f = &x->resp_headers.items[i];
-        evbuffer_add(out, f->name.base, f->name.len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, f->value.base, f->value.len);
-        evbuffer_add(out, "\r\n", 2);
+        memcpy(p, f->name.base, f->name.len);
+        p += f->name.len;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, f->value.base, f->value.len);
+        p += f->value.len;
+        *p++ = '\r';
+        *p++ = '\n';
     }
-    if (h->resp_chunked)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    if (!h->keepalive)
-        evbuffer_add(out, "Connection: close\r\n\r\n", 21);
-    else if (h->client_10)
-        evbuffer_add(out, "Connection: keep-alive\r\n\r\n", 26);
-    else
-        evbuffer_add(out, "\r\n", 2);
+    if (h->resp_chunked) {
+        memcpy(p, "Transfer-Encoding: chunked\r\n", 28);
+        p += 28;
+    }
+    memcpy(p, tail, tail_len);
+    p += tail_len;
+    vec.iov_len = (size_t)(p - (char *)vec.iov_base);
+    evbuffer_commit_space(out, &vec, 1);
 }
 
 static void flush_or_fail(struct h1_conn *h)

@@ -13,10 +13,14 @@
 #include "exchange.h"
 
 /*
- * Each thread that counts gets its own table of series (metric name plus
- * label set, as one string key). Counting touches only the caller's table;
- * its mutex is taken only so that a scrape can read it safely, so it is
- * never contended on the request path.
+ * Each thread that counts owns a table of series. A series is keyed by the
+ * identity of the name strings it was counted with (route name, upstream
+ * name, target name: pointers into the snapshot or the worker's targets)
+ * plus a status code, so counting costs a pointer hash and one strcmp that
+ * guards against a pointer being reused for another name after a reload.
+ * Names are interned (copied once, kept until exit) when a series is made,
+ * so scraping never reads freed configuration. Labels are formatted only
+ * at scrape time. The table's mutex is only ever contended by a scrape.
  */
 
 #define DURATION_BUCKETS 11
@@ -24,14 +28,19 @@ static const double duration_bounds[DURATION_BUCKETS] = {0.005, 0.01, 0.025, 0.0
                                                          0.5,   1,    2.5,   5,    10};
 
 enum series_kind {
-    SERIES_COUNTER = 0,
-    SERIES_HISTOGRAM,
+    SERIES_REQUEST = 1,  /* requests_total{route,code} + duration{route} */
+    SERIES_UPSTREAM,     /* upstream_requests_total{upstream,target,code} */
+    SERIES_CONNECT_ERROR /* upstream_connect_errors_total{upstream,target} */
 };
 
 struct series {
-    char *key; /* "name{labels}" for counters; "labels" for the duration histogram */
-    enum series_kind kind;
-    uint64_t value;
+    enum series_kind kind; /* 0 = empty slot */
+    const void *key_a;     /* the caller's pointers, for the fast lookup */
+    const void *key_b;
+    const char *name_a; /* interned copies, for the check and for scraping */
+    const char *name_b;
+    int code;
+    uint64_t count;
     uint64_t buckets[DURATION_BUCKETS];
     double sum;
 };
@@ -48,54 +57,108 @@ static pthread_mutex_t tables_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct table *tables;
 static _Thread_local struct table *mine;
 
+/* Interned names: a list, searched only when a new series is made. */
+struct interned {
+    struct interned *next;
+    char name[];
+};
+static pthread_mutex_t intern_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct interned *interned_names;
+
 static atomic_long conns_http1;
+static atomic_long conns_h2;
 static atomic_long reloads_ok;
 static atomic_long reloads_error;
 
-static uint64_t hash(const char *s)
+static const char *intern(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
+    if (!s)
+        return NULL;
+    pthread_mutex_lock(&intern_lock);
+    for (struct interned *i = interned_names; i; i = i->next) {
+        if (strcmp(i->name, s) == 0) {
+            pthread_mutex_unlock(&intern_lock);
+            return i->name;
+        }
+    }
+    size_t n = strlen(s) + 1;
+    struct interned *i = malloc(sizeof *i + n);
+    if (!i) {
+        pthread_mutex_unlock(&intern_lock);
+        return "";
+    }
+    memcpy(i->name, s, n);
+    i->next = interned_names;
+    interned_names = i;
+    pthread_mutex_unlock(&intern_lock);
+    return i->name;
 }
 
-static struct series *find(struct table *t, const char *key, enum series_kind kind, bool create)
+static size_t slot_of(enum series_kind kind, const void *a, const void *b, int code, size_t cap)
 {
-    if (t->cap == 0 || (t->count + 1) * 2 > t->cap) {
-        if (!create)
-            goto lookup;
-        size_t ncap = t->cap ? t->cap * 2 : 64;
-        struct series *n = calloc(ncap, sizeof *n);
-        if (!n)
-            return NULL;
-        for (size_t i = 0; i < t->cap; i++) {
-            if (!t->items[i].key)
-                continue;
-            size_t j = hash(t->items[i].key) & (ncap - 1);
-            while (n[j].key)
-                j = (j + 1) & (ncap - 1);
-            n[j] = t->items[i];
-        }
-        free(t->items);
-        t->items = n;
-        t->cap = ncap;
+    uint64_t h = (uint64_t)(uintptr_t)a * 0x9e3779b97f4a7c15ULL;
+    h ^= (uint64_t)(uintptr_t)b * 0xc2b2ae3d27d4eb4fULL;
+    h ^= (uint64_t)(unsigned)code * 0x165667b19e3779f9ULL + (uint64_t)kind;
+    h ^= h >> 29;
+    return (size_t)h & (cap - 1);
+}
+
+static bool same_name(const char *interned_name, const char *given)
+{
+    if (!interned_name || !given)
+        return interned_name == given;
+    return strcmp(interned_name, given) == 0;
+}
+
+static int grow(struct table *t)
+{
+    size_t ncap = t->cap ? t->cap * 2 : 64;
+    struct series *n = calloc(ncap, sizeof *n);
+    if (!n)
+        return -1;
+    for (size_t i = 0; i < t->cap; i++) {
+        struct series *s = &t->items[i];
+        if (!s->kind)
+            continue;
+        size_t j = slot_of(s->kind, s->key_a, s->key_b, s->code, ncap);
+        while (n[j].kind)
+            j = (j + 1) & (ncap - 1);
+        n[j] = *s;
     }
-lookup:
-    if (t->cap == 0)
+    free(t->items);
+    t->items = n;
+    t->cap = ncap;
+    return 0;
+}
+
+/* The series for these names in this thread's table (locked by the caller). */
+static struct series *lookup(struct table *t, enum series_kind kind, const char *a, const char *b,
+                             int code)
+{
+    if ((t->count + 1) * 2 > t->cap && grow(t) < 0)
         return NULL;
-    size_t i = hash(key) & (t->cap - 1);
-    while (t->items[i].key) {
-        if (t->items[i].kind == kind && strcmp(t->items[i].key, key) == 0)
-            return &t->items[i];
-        i = (i + 1) & (t->cap - 1);
+    size_t i = slot_of(kind, a, b, code, t->cap);
+    for (;; i = (i + 1) & (t->cap - 1)) {
+        struct series *s = &t->items[i];
+        if (!s->kind)
+            break;
+        if (s->kind == kind && s->key_a == a && s->key_b == b && s->code == code &&
+            same_name(s->name_a, a) && same_name(s->name_b, b))
+            return s;
     }
-    if (!create)
-        return NULL;
-    t->items[i].key = strdup(key);
-    t->items[i].kind = kind;
+    /*
+     * A pointer reused for another name lands here as a new series; the
+     * stale one stays (its counts are still right under its own name).
+     */
+    struct series *s = &t->items[i];
+    s->kind = kind;
+    s->key_a = a;
+    s->key_b = b;
+    s->code = code;
+    s->name_a = intern(a);
+    s->name_b = intern(b);
     t->count++;
-    return &t->items[i];
+    return s;
 }
 
 static struct table *table(void)
@@ -114,87 +177,60 @@ static struct table *table(void)
     return t;
 }
 
-static void count(const char *key, uint64_t n)
+static void count(enum series_kind kind, const char *a, const char *b, int code)
 {
     struct table *t = table();
     if (!t)
         return;
     pthread_mutex_lock(&t->lock);
-    struct series *s = find(t, key, SERIES_COUNTER, true);
+    struct series *s = lookup(t, kind, a, b, code);
     if (s)
-        s->value += n;
+        s->count++;
     pthread_mutex_unlock(&t->lock);
 }
 
-/* Writes a label value escaped for the exposition format. */
-static size_t label(char *out, size_t room, const char *v)
-{
-    size_t n = 0;
-    for (; v && *v && n + 2 < room; v++) {
-        if (*v == '"' || *v == '\\' || *v == '\n')
-            out[n++] = '\\';
-        out[n++] = *v == '\n' ? 'n' : *v;
-    }
-    out[n] = '\0';
-    return n;
-}
+static const char no_route[] = "(none)";
 
 void metrics_exchange_done(const struct exchange *x)
 {
-    char route[256], key[400];
-    label(route, sizeof route, x->route ? x->route->name : "(none)");
-    int status = x->status >= 100 && x->status <= 999 ? x->status : 499;
-    snprintf(key, sizeof key, "sluice_requests_total{route=\"%s\",code=\"%03d\"}", route, status);
-    count(key, 1);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t now = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
     double secs = (double)(now - x->start_us) / 1e6;
-    snprintf(key, sizeof key, "route=\"%s\"", route);
+    int code = x->status >= 100 && x->status <= 999 ? x->status : 499;
     struct table *t = table();
     if (!t)
         return;
     pthread_mutex_lock(&t->lock);
-    struct series *h = find(t, key, SERIES_HISTOGRAM, true);
-    if (h) {
-        h->value++;
-        h->sum += secs;
+    struct series *s = lookup(t, SERIES_REQUEST, x->route ? x->route->name : no_route, NULL, code);
+    if (s) {
+        s->count++;
+        s->sum += secs;
         for (int i = 0; i < DURATION_BUCKETS; i++)
             if (secs <= duration_bounds[i])
-                h->buckets[i]++;
+                s->buckets[i]++;
     }
     pthread_mutex_unlock(&t->lock);
 }
 
 void metrics_upstream_response(const char *upstream, const char *target, int code)
 {
-    char u[128], tg[96], key[400];
-    label(u, sizeof u, upstream);
-    label(tg, sizeof tg, target);
-    snprintf(key, sizeof key,
-             "sluice_upstream_requests_total{upstream=\"%s\",target=\"%s\",code=\"%03d\"}", u, tg,
-             code);
-    count(key, 1);
+    count(SERIES_UPSTREAM, upstream, target, code);
 }
 
 void metrics_connect_error(const char *upstream, const char *target)
 {
-    char u[128], tg[96], key[400];
-    label(u, sizeof u, upstream);
-    label(tg, sizeof tg, target);
-    snprintf(key, sizeof key, "sluice_upstream_connect_errors_total{upstream=\"%s\",target=\"%s\"}",
-             u, tg);
-    count(key, 1);
+    count(SERIES_CONNECT_ERROR, upstream, target, 0);
 }
 
 void metrics_connection_opened(const char *protocol)
 {
-    atomic_fetch_add(&conns_http1, 1);
+    atomic_fetch_add(protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1, 1);
 }
 
 void metrics_connection_closed(const char *protocol)
 {
-    atomic_fetch_sub(&conns_http1, 1);
+    atomic_fetch_sub(protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1, 1);
 }
 
 void metrics_reload(bool ok)
@@ -202,22 +238,73 @@ void metrics_reload(bool ok)
     atomic_fetch_add(ok ? &reloads_ok : &reloads_error, 1);
 }
 
+/* ---- scraping ---------------------------------------------------------------- */
+
+/* Series summed across threads, keyed by interned names (equal names, equal pointers). */
+static struct series *merged_lookup(struct table *t, const struct series *s)
+{
+    if ((t->count + 1) * 2 > t->cap && grow(t) < 0)
+        return NULL;
+    size_t i = slot_of(s->kind, s->name_a, s->name_b, s->code, t->cap);
+    for (;; i = (i + 1) & (t->cap - 1)) {
+        struct series *d = &t->items[i];
+        if (!d->kind) {
+            d->kind = s->kind;
+            d->key_a = d->name_a = s->name_a;
+            d->key_b = d->name_b = s->name_b;
+            d->code = s->code;
+            t->count++;
+            return d;
+        }
+        if (d->kind == s->kind && d->name_a == s->name_a && d->name_b == s->name_b &&
+            d->code == s->code)
+            return d;
+    }
+}
+
+/* Appends a label value escaped for the exposition format. */
+static void label(struct evbuffer *out, const char *v)
+{
+    for (const char *p = v ? v : ""; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            evbuffer_add_printf(out, "\\%c", *p);
+        else if (*p == '\n')
+            evbuffer_add(out, "\\n", 2);
+        else
+            evbuffer_add(out, p, 1);
+    }
+}
+
+static void route_labels(struct evbuffer *out, const struct series *s)
+{
+    evbuffer_add(out, "route=\"", 7);
+    label(out, s->name_a);
+    evbuffer_add(out, "\"", 1);
+}
+
+static void upstream_labels(struct evbuffer *out, const struct series *s)
+{
+    evbuffer_add(out, "upstream=\"", 10);
+    label(out, s->name_a);
+    evbuffer_add(out, "\",target=\"", 10);
+    label(out, s->name_b);
+    evbuffer_add(out, "\"", 1);
+}
+
 void metrics_render(struct evbuffer *out)
 {
-    /* Sum every thread's table into one, then print it. */
     struct table sum = {0};
-    pthread_mutex_init(&sum.lock, NULL);
     pthread_mutex_lock(&tables_lock);
     for (struct table *t = tables; t; t = t->next) {
         pthread_mutex_lock(&t->lock);
         for (size_t i = 0; i < t->cap; i++) {
             const struct series *s = &t->items[i];
-            if (!s->key)
+            if (!s->kind)
                 continue;
-            struct series *d = find(&sum, s->key, s->kind, true);
+            struct series *d = merged_lookup(&sum, s);
             if (!d)
                 continue;
-            d->value += s->value;
+            d->count += s->count;
             d->sum += s->sum;
             for (int b = 0; b < DURATION_BUCKETS; b++)
                 d->buckets[b] += s->buckets[b];
@@ -226,37 +313,75 @@ void metrics_render(struct evbuffer *out)
     }
     pthread_mutex_unlock(&tables_lock);
 
-    static const char *const counters[] = {
-        "sluice_requests_total", "sluice_upstream_requests_total",
-        "sluice_upstream_connect_errors_total", "sluice_rate_limited_total"};
-    for (size_t c = 0; c < sizeof counters / sizeof *counters; c++) {
-        size_t len = strlen(counters[c]);
-        evbuffer_add_printf(out, "# TYPE %s counter\n", counters[c]);
-        for (size_t i = 0; i < sum.cap; i++) {
-            const struct series *s = &sum.items[i];
-            if (s->key && s->kind == SERIES_COUNTER && strncmp(s->key, counters[c], len) == 0 &&
-                s->key[len] == '{')
-                evbuffer_add_printf(out, "%s %llu\n", s->key, (unsigned long long)s->value);
-        }
-    }
-    evbuffer_add_printf(out, "# TYPE sluice_request_duration_seconds histogram\n");
+    evbuffer_add_printf(out, "# TYPE sluice_requests_total counter\n");
     for (size_t i = 0; i < sum.cap; i++) {
         const struct series *s = &sum.items[i];
-        if (!s->key || s->kind != SERIES_HISTOGRAM)
+        if (s->kind != SERIES_REQUEST)
             continue;
-        for (int b = 0; b < DURATION_BUCKETS; b++)
-            evbuffer_add_printf(out, "sluice_request_duration_seconds_bucket{%s,le=\"%g\"} %llu\n",
-                                s->key, duration_bounds[b], (unsigned long long)s->buckets[b]);
-        evbuffer_add_printf(out, "sluice_request_duration_seconds_bucket{%s,le=\"+Inf\"} %llu\n",
-                            s->key, (unsigned long long)s->value);
-        evbuffer_add_printf(out, "sluice_request_duration_seconds_sum{%s} %.6f\n", s->key, s->sum);
-        evbuffer_add_printf(out, "sluice_request_duration_seconds_count{%s} %llu\n", s->key,
-                            (unsigned long long)s->value);
+        evbuffer_add_printf(out, "sluice_requests_total{");
+        route_labels(out, s);
+        evbuffer_add_printf(out, ",code=\"%03d\"} %llu\n", s->code, (unsigned long long)s->count);
     }
+    /* The duration histogram is per route: fold the per-code series together. */
+    struct table hist = {0};
+    for (size_t i = 0; i < sum.cap; i++) {
+        const struct series *s = &sum.items[i];
+        if (s->kind != SERIES_REQUEST)
+            continue;
+        struct series key = {.kind = SERIES_REQUEST, .name_a = s->name_a};
+        struct series *d = merged_lookup(&hist, &key);
+        if (!d)
+            continue;
+        d->count += s->count;
+        d->sum += s->sum;
+        for (int b = 0; b < DURATION_BUCKETS; b++)
+            d->buckets[b] += s->buckets[b];
+    }
+    evbuffer_add_printf(out, "# TYPE sluice_request_duration_seconds histogram\n");
+    for (size_t i = 0; i < hist.cap; i++) {
+        const struct series *s = &hist.items[i];
+        if (!s->kind)
+            continue;
+        for (int b = 0; b <= DURATION_BUCKETS; b++) {
+            evbuffer_add_printf(out, "sluice_request_duration_seconds_bucket{");
+            route_labels(out, s);
+            if (b < DURATION_BUCKETS)
+                evbuffer_add_printf(out, ",le=\"%g\"} %llu\n", duration_bounds[b],
+                                    (unsigned long long)s->buckets[b]);
+            else
+                evbuffer_add_printf(out, ",le=\"+Inf\"} %llu\n", (unsigned long long)s->count);
+        }
+        evbuffer_add_printf(out, "sluice_request_duration_seconds_sum{");
+        route_labels(out, s);
+        evbuffer_add_printf(out, "} %.6f\nsluice_request_duration_seconds_count{", s->sum);
+        route_labels(out, s);
+        evbuffer_add_printf(out, "} %llu\n", (unsigned long long)s->count);
+    }
+    free(hist.items);
+    evbuffer_add_printf(out, "# TYPE sluice_upstream_requests_total counter\n");
+    for (size_t i = 0; i < sum.cap; i++) {
+        const struct series *s = &sum.items[i];
+        if (s->kind != SERIES_UPSTREAM)
+            continue;
+        evbuffer_add_printf(out, "sluice_upstream_requests_total{");
+        upstream_labels(out, s);
+        evbuffer_add_printf(out, ",code=\"%03d\"} %llu\n", s->code, (unsigned long long)s->count);
+    }
+    evbuffer_add_printf(out, "# TYPE sluice_upstream_connect_errors_total counter\n");
+    for (size_t i = 0; i < sum.cap; i++) {
+        const struct series *s = &sum.items[i];
+        if (s->kind != SERIES_CONNECT_ERROR)
+            continue;
+        evbuffer_add_printf(out, "sluice_upstream_connect_errors_total{");
+        upstream_labels(out, s);
+        evbuffer_add_printf(out, "} %llu\n", (unsigned long long)s->count);
+    }
+    free(sum.items);
     evbuffer_add_printf(out,
                         "# TYPE sluice_connections_active gauge\n"
-                        "sluice_connections_active{protocol=\"http1\"} %ld\n",
-                        atomic_load(&conns_http1));
+                        "sluice_connections_active{protocol=\"http1\"} %ld\n"
+                        "sluice_connections_active{protocol=\"h2\"} %ld\n",
+                        atomic_load(&conns_http1), atomic_load(&conns_h2));
     evbuffer_add_printf(out, "# TYPE sluice_websocket_tunnels_active gauge\n"
                              "sluice_websocket_tunnels_active 0\n");
     evbuffer_add_printf(out,
@@ -264,10 +389,6 @@ void metrics_render(struct evbuffer *out)
                         "sluice_config_reloads_total{result=\"ok\"} %ld\n"
                         "sluice_config_reloads_total{result=\"error\"} %ld\n",
                         atomic_load(&reloads_ok), atomic_load(&reloads_error));
-    for (size_t i = 0; i < sum.cap; i++)
-        free(sum.items[i].key);
-    free(sum.items);
-    pthread_mutex_destroy(&sum.lock);
 }
 
 void metrics_free(void)
@@ -276,12 +397,17 @@ void metrics_free(void)
     while (tables) {
         struct table *t = tables;
         tables = t->next;
-        for (size_t i = 0; i < t->cap; i++)
-            free(t->items[i].key);
         free(t->items);
         pthread_mutex_destroy(&t->lock);
         free(t);
     }
     pthread_mutex_unlock(&tables_lock);
     mine = NULL;
+    pthread_mutex_lock(&intern_lock);
+    while (interned_names) {
+        struct interned *i = interned_names;
+        interned_names = i->next;
+        free(i);
+    }
+    pthread_mutex_unlock(&intern_lock);
 }
