@@ -143,7 +143,7 @@ void proxy_cancel(struct exchange *x)
     drop_conn(p, false);
     drop_target(p);
     if (p->timer) {
-        event_free(p->timer);
+        event_del(p->timer); /* the event itself lives in the arena */
         p->timer = NULL;
     }
     if (p->replay)
@@ -390,7 +390,9 @@ void proxy_start(struct exchange *x)
     p->stale_left = PROXY_MAX_STALE;
     p->timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : p->cfg->timeout_ms;
     p->waiter.on_slot = on_slot;
-    p->timer = event_new(x->worker->base, -1, 0, on_timer, p);
+    /* The timer lives in the arena: no malloc per request. */
+    p->timer = arena_alloc(x->arena, event_get_struct_event_size());
+    event_assign(p->timer, x->worker->base, -1, 0, on_timer, p);
     p->out = evbuffer_new();
     if (x->req_has_body)
         p->replay = evbuffer_new();
