@@ -35,8 +35,22 @@ struct arena {
     size_t next_size;         /* data size of the next regular block */
     size_t used;              /* bytes handed out */
     struct cleanup *cleanups; /* newest first, so arena_free runs them in reverse */
+    size_t first_size;        /* size of the inline first block */
     alignas(max_align_t) char first[];
 };
+
+/*
+ * One freed arena per thread is kept for the next arena_new of the same
+ * size: an exchange per request would otherwise cost a malloc and a free.
+ * Not under AddressSanitizer, so that use-after-free of exchange memory is
+ * still caught in the sanitizer builds.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_CACHE 0
+#else
+#define ARENA_CACHE 1
+#endif
+static _Thread_local struct arena *spare;
 
 static _Noreturn void out_of_memory(size_t n)
 {
@@ -66,9 +80,15 @@ struct arena *arena_new(size_t first_block)
     size_t size = round_up(first_block < BLOCK_MIN ? BLOCK_MIN : first_block);
     if (size > SIZE_MAX - sizeof(struct arena))
         out_of_memory(size);
-    struct arena *a = malloc(sizeof(struct arena) + size);
-    if (!a)
-        out_of_memory(size);
+    struct arena *a = spare;
+    if (a && a->first_size == size) {
+        spare = NULL;
+    } else {
+        a = malloc(sizeof(struct arena) + size);
+        if (!a)
+            out_of_memory(size);
+    }
+    a->first_size = size;
     a->ptr = a->first;
     a->end = a->first + size;
     a->blocks = NULL;
@@ -94,7 +114,17 @@ void arena_free(struct arena *a)
         free(b);
         b = next;
     }
+    if (ARENA_CACHE && !spare) {
+        spare = a;
+        return;
+    }
     free(a);
+}
+
+void arena_thread_cleanup(void)
+{
+    free(spare);
+    spare = NULL;
 }
 
 /* Slow path: the current block cannot hold `size` (already rounded) bytes. */

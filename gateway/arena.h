@@ -49,6 +49,9 @@ struct slice arena_concat(struct arena *a, const struct slice *parts, size_t n);
  */
 void arena_cleanup_add(struct arena *a, void (*fn)(void *arg), void *arg);
 
+/* Frees the calling thread's cached arena (at thread exit). */
+void arena_thread_cleanup(void);
+
 /* Total bytes handed out so far (tests and metrics). */
 size_t arena_used(const struct arena *a);
 

@@ -35,6 +35,7 @@ struct h1_conn {
     struct exchange_side side;
     struct worker *w;
     struct sockaddr_storage peer;
+    char remote_addr[INET6_ADDRSTRLEN]; /* the peer IP as text, made once */
     struct exchange *x;
     struct event *timer;
     enum h1_state state;
@@ -404,12 +405,7 @@ static struct exchange *new_exchange(struct h1_conn *h)
 {
     struct exchange *x = exchange_new(h->w, &h->side);
     x->peer = h->peer;
-    if (h->peer.ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&h->peer)->sin_addr, x->remote_addr,
-                  sizeof x->remote_addr);
-    else if (h->peer.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&h->peer)->sin6_addr, x->remote_addr,
-                  sizeof x->remote_addr);
+    memcpy(x->remote_addr, h->remote_addr, sizeof x->remote_addr);
     x->protocol = XPROTO_HTTP11;
     x->tls = h->tls;
     h->x = x;
@@ -763,6 +759,12 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->w = w;
     h->side.ops = &h1_ops;
     h->peer = *peer;
+    if (peer->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, h->remote_addr,
+                  sizeof h->remote_addr);
+    else if (peer->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, h->remote_addr,
+                  sizeof h->remote_addr);
     h->tls = flags & LISTEN_TLS;
     h->flags = flags;
     h->fresh = true;

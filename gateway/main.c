@@ -22,6 +22,7 @@
 
 #include "accesslog.h"
 #include "admin.h"
+#include "arena.h"
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
@@ -308,6 +309,7 @@ int main(int argc, char **argv)
     config_current_set(NULL);
     upstream_health_table_free();
     metrics_free();
+    arena_thread_cleanup();
     event_base_free(g.base);
     libevent_global_shutdown();
     return status;
