@@ -37,10 +37,27 @@ static inline bool slice_eq(struct slice a, struct slice b)
     return a.len == b.len && (a.len == 0 || memcmp(a.base, b.base, a.len) == 0);
 }
 
-/* ASCII case-insensitive equality (header names, host names, tokens). */
+/* ASCII lower-casing of one byte. */
+static inline unsigned char slice_lower(unsigned char c)
+{
+    return (unsigned char)((unsigned)(c - 'A') < 26u ? c | 0x20 : c);
+}
+
+/*
+ * ASCII case-insensitive equality (header names, host names, tokens).
+ * Inline rather than strncasecmp: the names compared are short and the
+ * lengths usually differ, so the call itself would cost more than the work.
+ */
 static inline bool slice_ieq(struct slice a, struct slice b)
 {
-    return a.len == b.len && (a.len == 0 || strncasecmp(a.base, b.base, a.len) == 0);
+    if (a.len != b.len)
+        return false;
+    for (size_t i = 0; i < a.len; i++) {
+        unsigned char x = (unsigned char)a.base[i], y = (unsigned char)b.base[i];
+        if (x != y && slice_lower(x) != slice_lower(y))
+            return false;
+    }
+    return true;
 }
 
 static inline bool slice_ieq_cstr(struct slice a, const char *s)

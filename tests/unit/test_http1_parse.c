@@ -678,6 +678,54 @@ static void test_chunked_bytewise(void)
     is_int(bad, 0, "prefixes incomplete");
 }
 
+/*
+ * Long values and targets go through the 16-byte scanners: a forbidden byte
+ * at any position, including the last of a block and in the scalar tail,
+ * must still be found, and allowed bytes (HTAB, obs-text) must pass.
+ */
+static void test_long_runs(void)
+{
+    static const unsigned char bad_value[] = {0x00, 0x01, 0x0b, 0x1f, 0x7f};
+    static const unsigned char bad_target[] = {0x00, 0x09, 0x20, 0x7f, 0x80, 0xff};
+    struct header h[8];
+    struct http1_request_head rq;
+    for (size_t pos = 0; pos < 48; pos++) {
+        char value[49];
+        memset(value, 'v', 48);
+        value[48] = '\0';
+        char req[256];
+        for (size_t b = 0; b < sizeof bad_value; b++) {
+            value[pos] = (char)bad_value[b];
+            int n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: a\r\nX: ");
+            memcpy(req + n, value, 48);
+            memcpy(req + n + 48, "\r\n\r\n", 4);
+            int r = http1_parse_request(req, (size_t)n + 52, &rq, h, 8);
+            ok(r == HTTP1_INVALID, "value byte 0x%02x at %zu: got %d", bad_value[b], pos, r);
+        }
+        value[pos] = '\t';
+        int n = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: a\r\nX: a");
+        memcpy(req + n, value, 48);
+        memcpy(req + n + 48, "\r\n\r\n", 4);
+        is_int(http1_parse_request(req, (size_t)n + 52, &rq, h, 8), n + 52);
+        value[pos] = (char)0xe9; /* obs-text */
+        memcpy(req + n, value, 48);
+        is_int(http1_parse_request(req, (size_t)n + 52, &rq, h, 8), n + 52);
+
+        char target[49];
+        memset(target, 't', 48);
+        target[0] = '/';
+        for (size_t b = 0; b < sizeof bad_target && pos > 0; b++) {
+            target[pos] = (char)bad_target[b];
+            memcpy(req, "GET ", 4);
+            memcpy(req + 4, target, 48);
+            n = 52 + snprintf(req + 52, sizeof req - 52, " HTTP/1.1\r\nHost: a\r\n\r\n");
+            int r = http1_parse_request(req, (size_t)n, &rq, h, 8);
+            ok(r == HTTP1_INVALID, "target byte 0x%02x at %zu: got %d", bad_target[b], pos, r);
+            target[pos] = 't';
+        }
+    }
+}
+
 int main(void)
 {
     test_valid_requests();
@@ -690,5 +738,6 @@ int main(void)
     test_chunked_table();
     test_chunked_calls();
     test_chunked_bytewise();
+    test_long_runs();
     return test_done();
 }
