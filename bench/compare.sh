@@ -85,9 +85,13 @@ if [ -z "${SLUICE:-}" ]; then
     if timeout 120 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >"$BENCH_DIR/results/.build.log" 2>&1 &&
        timeout 900 cmake --build "$BUILD" -j"$(nproc)" --target sluice >>"$BENCH_DIR/results/.build.log" 2>&1; then
         SLUICE="$BUILD/sluice"
-    elif [ -x "$ROOT/build/sluice" ]; then
-        echo "compare.sh: build failed (see bench/results/.build.log); falling back to build/sluice" >&2
-        SLUICE="$ROOT/build/sluice"
+    elif [ -x "$BUILD/sluice" ] || [ -x "$ROOT/build/sluice" ]; then
+        # the tree does not build right now: use the newest existing binary
+        SLUICE="$BUILD/sluice"
+        if [ ! -x "$SLUICE" ] || { [ -x "$ROOT/build/sluice" ] && [ "$ROOT/build/sluice" -nt "$SLUICE" ]; }; then
+            SLUICE="$ROOT/build/sluice"
+        fi
+        echo "compare.sh: build failed (see bench/results/.build.log); WARNING: using the older binary ${SLUICE#"$ROOT"/}" >&2
     else
         echo "compare.sh: build failed, see bench/results/.build.log" >&2
         tail -20 "$BENCH_DIR/results/.build.log" >&2

@@ -289,7 +289,17 @@ def backend_conf(d, port, h2port):
     listen 127.0.0.1:{port} backlog=4096;
     listen 127.0.0.1:{h2port} http2 backlog=4096;
     root {d}/www;
-    location /post {{ client_max_body_size 2m; return 200 "ok"; }}
+    # The mirror module reads the whole request body before the content
+    # phase; the static handler then refuses POST (405), which error_page
+    # (after finding the file www/post) turns into GET /small: 200 "ok", sent only after the body was received,
+    # as a real API would. A bare `return 200` answers early, and
+    # nginx-as-proxy then closes every client connection.
+    location = /post {{
+      client_max_body_size 2m; client_body_buffer_size 2m;
+      mirror /_discard; mirror_request_body on;
+      error_page 405 =200 /small;
+    }}
+    location = /_discard {{ internal; return 204; }}
   }}
 }}
 """
@@ -401,7 +411,7 @@ class Bench:
     def start_backend(self):
         d = os.path.join(self.tmp, "backend")
         os.makedirs(os.path.join(d, "www"))
-        for name, size in (("small", 2), ("16k", 16384), ("1m", 1048576)):
+        for name, size in (("small", 2), ("post", 2), ("16k", 16384), ("1m", 1048576)):
             with open(os.path.join(d, "www", name), "wb") as f:
                 f.write(b"ok" if size == 2 else (b"0123456789abcdef" * (size // 16)))
         with open(os.path.join(self.tmp, "post.bin"), "wb") as f:
@@ -670,12 +680,8 @@ class Bench:
             probe(port, WL["small"])
             pids = p.tree() if p else self.backend.tree()
             time.sleep(0.3)
-            before = rss_kib(pids)
-            opened, ok, err = asyncio.run(open_idle(port, self.a.idle_conns))
-            time.sleep(1.0)
-            after = rss_kib(pids)
-            alive = p.alive() if p else True
-            asyncio.run(close_idle())
+            opened, ok, err, before, after, alive = asyncio.run(
+                idle_session(port, self.a.idle_conns, pids, p))
             if not alive:
                 raise BenchError(f"{target} died while holding idle connections: {tail(p.logpath)}")
             res = dict(conns=ok, opened=opened, rss_before_kib=before, rss_after_kib=after,
@@ -782,10 +788,21 @@ async def open_idle(port, count, batch=200):
     return sum(1 for x in results if x >= 1), sum(1 for x in results if x == 2), errors
 
 
-async def close_idle():
-    for w in IDLE:
-        w.close()
-    IDLE.clear()
+async def idle_session(port, count, pids, proc):
+    """RSS of `pids` before, and 1 s after, `count` connections that each
+    made one request are open; then close them all."""
+    before = rss_kib(pids)
+    try:
+        opened, ok, err = await open_idle(port, count)
+        await asyncio.sleep(1.0)
+        after = rss_kib(pids)
+        alive = proc.alive() if proc else True
+    finally:
+        for w in IDLE:
+            w.close()
+        IDLE.clear()
+        await asyncio.sleep(0.2)
+    return opened, ok, err, before, after, alive
 
 
 # --------------------------------------------------------------------------
@@ -794,7 +811,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog="compare.sh", description="sluice vs nginx vs HAProxy benchmark")
     ap.add_argument("--quick", action="store_true", help="one round, 3 s cells, halved fixed counts")
     ap.add_argument("--rounds", type=int, help="rounds per cell (median taken); default 3")
-    ap.add_argument("--duration", type=int, help="seconds per measured cell; default 4")
+    ap.add_argument("--duration", type=int, help="seconds per measured cell; default 5 (3 with --quick)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per cell (not measured)")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--workloads", default=",".join(w["id"] for w in WORKLOADS))
@@ -811,8 +828,10 @@ def parse_args(argv):
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/run-DATE)")
     a = ap.parse_args(argv)
-    a.rounds = a.rounds or (1 if a.quick else 3)
-    a.duration = a.duration or (3 if a.quick else 4)
+    if a.rounds is None:
+        a.rounds = 1 if a.quick else 3
+    if a.duration is None:
+        a.duration = 3 if a.quick else 5
     a.targets = [t for t in a.targets.split(",") if t]
     a.workloads = [w for w in a.workloads.split(",") if w]
     for t in a.targets:
@@ -854,6 +873,9 @@ def main(argv):
     log(f"results -> {a.out}; temp dir {b.tmp}")
     try:
         b.main()
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
     finally:
         cleanup()
         shutil.rmtree(b.tmp, ignore_errors=True)

@@ -97,7 +97,7 @@ def write(b):
              f"{a.duration} s measured + {a.warmup} s warm-up per cell, fresh proxy process per cell; "
              f"run took {b.elapsed / 60:.1f} min")
     L.append(f"- pinning: proxy on CPU {a.proxy_cpu}; backend (nginx, 1 worker) and load generator on CPU {a.load_cpu}")
-    L.append(f"- sluice {v['sluice']} (commit {v['commit']}); {v['nginx']}; {v['haproxy']}")
+    L.append(f"- {v['sluice']} (commit {v['commit']}); {v['nginx']}; {v['haproxy']}")
     L.append(f"- {v['wrk']}; {v['h2load']}; {v['machine']}")
     L.append("")
     L.append("| workload | target | req/s | p50 ms | p99 ms | ×nginx | ×HAProxy | ×direct "
