@@ -2,7 +2,7 @@
  * headers: the `headers` filter (SPEC 4). Sets, adds and removes request
  * header fields on the way to the upstream and response header fields on the
  * way back, with ${var} templates (remote_addr, request_id, consumer, host,
- * route) in the values.
+ * route, client_subject) in the values.
  *
  * Everything is parsed in create(): names are checked to be tokens, values
  * are split into literal pieces and variable ids, so the request path only
@@ -60,7 +60,7 @@ struct headers_filter {
 };
 
 /* Variable names in the order of enum exchange_var, for error messages. */
-static const char valid_vars[] = "remote_addr, request_id, consumer, host, route";
+static const char valid_vars[] = "remote_addr, request_id, consumer, host, route, client_subject";
 
 /* RFC 9110 5.6.2 tchar. */
 static bool is_tchar(unsigned char c)

@@ -255,6 +255,11 @@ void accesslog_write(const struct exchange *x)
             put_json(&p, end, x->consumer);
             put(&p, end, "\"");
         }
+        if (x->client_subject.len) {
+            put(&p, end, ",\"client_subject\":\"");
+            put_json(&p, end, x->client_subject);
+            put(&p, end, "\"");
+        }
         if (x->error) {
             put(&p, end, ",\"error\":\"");
             put(&p, end, x->error);

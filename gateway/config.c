@@ -22,6 +22,7 @@
 
 #include "filter.h"
 #include "router.h"
+#include "tls.h"
 
 /* A configuration larger than this is surely a mistake (a log file given by -c). */
 #define CONFIG_MAX_FILE_BYTES (16u * 1024 * 1024)
@@ -780,9 +781,11 @@ static void build_listener(struct config_error *err, struct listen_config *l, co
                       "\"0.0.0.0:8080\" or \"[::]:8080\")",
                       address, why);
     }
-    if (json_object_get(v, "tls"))
-        key_error(err, "tls", "TLS listeners are not available in this version");
-    const json_t *protocols = json_object_get(v, "protocols");
+    const json_t *tls = json_object_get(v, "tls");
+    if (tls)
+        l->tls = tls_server_build(err, tls, json_object_get(v, "protocols"));
+    /* On a TLS listener "protocols" is the ALPN list: tls.c reads it. */
+    const json_t *protocols = tls ? NULL : json_object_get(v, "protocols");
     if (protocols) {
         size_t mark = path_push(err, ".protocols");
         if (!json_is_array(protocols) || json_array_size(protocols) == 0) {
@@ -798,12 +801,15 @@ static void build_listener(struct config_error *err, struct listen_config *l, co
                     config_error_add(err, "", "must be a string, not %s", kind(p));
                 else if (strcmp(name, "http/1.1") == 0)
                     ;
-                else if (strcmp(name, "h2c") == 0 || strcmp(name, "h2") == 0) {
+                else if (strcmp(name, "h2c") == 0)
                     l->h2c = true;
-                    config_error_add(err, "", "HTTP/2 is not available in this version");
-                } else
-                    config_error_add(err, "", "unknown protocol \"%s\" (expected one of: http/1.1)",
-                                     name);
+                else if (strcmp(name, "h2") == 0)
+                    config_error_add(err, "",
+                                     "\"h2\" needs a TLS listener (\"tls\"); for cleartext "
+                                     "HTTP/2 use \"h2c\"");
+                else
+                    config_error_add(
+                        err, "", "unknown protocol \"%s\" (expected one of: http/1.1, h2c)", name);
                 path_pop(err, m2);
             }
         }
@@ -982,10 +988,11 @@ static void build_upstream(struct config_error *err, struct upstream_config *u, 
     get_int(err, v, "dns_refresh_ms", 1, &u->dns_refresh_ms);
     build_health(err, &u->health, json_object_get(v, "health_check"));
     if (json_object_get(v, "tls"))
-        key_error(err, "tls", "TLS to upstreams is not available in this version");
+        u->tls = tls_client_build(err, json_object_get(v, "tls"));
     const char *protocol = get_string(err, v, "protocol", false, false);
+    u->protocol = UPSTREAM_HTTP1;
     if (protocol && strcmp(protocol, "h2") == 0)
-        key_error(err, "protocol", "HTTP/2 is not available in this version");
+        u->protocol = UPSTREAM_H2;
     else if (protocol && strcmp(protocol, "http/1.1") != 0)
         key_error(err, "protocol", "unknown protocol \"%s\" (expected one of: http/1.1, h2)",
                   protocol);
@@ -1685,10 +1692,13 @@ static void snapshot_free(struct snapshot *s)
         free(u->targets);
         free(u->balance_header);
         free(u->health.path);
+        tls_client_free(u->tls);
     }
     free(s->upstreams);
-    for (size_t i = 0; i < s->num_listeners; i++)
+    for (size_t i = 0; i < s->num_listeners; i++) {
         free(s->listeners[i].address);
+        tls_server_free(s->listeners[i].tls);
+    }
     free(s->listeners);
     free(s->admin.address);
     free(s->access_log.path);

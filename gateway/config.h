@@ -34,6 +34,8 @@
 
 struct filter_type;
 struct router;
+struct tls_client;
+struct tls_server;
 
 /*
  * Errors found while loading. `path` is the JSON path of the object being
@@ -75,7 +77,8 @@ struct listen_config {
     char *address; /* as written, e.g. "0.0.0.0:8080", "[::]:8443" */
     struct sockaddr_storage addr;
     socklen_t addrlen;
-    bool h2c; /* "protocols" contains "h2c" (not available in this version) */
+    bool h2c;               /* "protocols" contains "h2c": HTTP/2 prior knowledge */
+    struct tls_server *tls; /* "tls": certificates, ALPN, mTLS (tls.c); NULL = cleartext */
 };
 
 struct target_config {
@@ -101,6 +104,12 @@ struct health_config {
     int healthy_after;
 };
 
+/* What the gateway speaks to an upstream's targets (SPEC 2.3 `protocol`). */
+enum upstream_protocol {
+    UPSTREAM_HTTP1 = 0, /* HTTP/1.1, connections pooled for keep-alive */
+    UPSTREAM_H2,        /* HTTP/2: prior knowledge (h2c) in cleartext, ALPN "h2" over TLS */
+};
+
 struct upstream_config {
     char *name;
     size_t index; /* position in snapshot->upstreams */
@@ -115,6 +124,8 @@ struct upstream_config {
     int retries;
     int dns_refresh_ms;
     struct health_config health;
+    enum upstream_protocol protocol;
+    struct tls_client *tls; /* "tls" (tls.c); NULL = cleartext */
 };
 
 enum match_kind {

@@ -10,6 +10,8 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 /*
  * One readable event reads at most this much. Large enough that a 1 MiB body
@@ -18,9 +20,248 @@
  */
 #define CONN_READ_SIZE (64 * 1024)
 
+/* TLS output smaller than one record is pulled together so it goes as one record. */
+#define CONN_TLS_RECORD (16 * 1024)
+
+/* ---- TLS ----------------------------------------------------------------- */
+
+/* The write event is wanted by a waiting write, handshake or read. */
+static void tls_update_wev(struct conn *c)
+{
+    if ((c->write_wait && !c->tls_write_read) || c->tls_hs_write || c->tls_read_write)
+        event_add(c->wev, NULL);
+    else
+        event_del(c->wev);
+}
+
+/* Records a failed TLS operation (SSL_get_error result `e`); returns the errno to report. */
+static int tls_error(struct conn *c, int e)
+{
+    int err = e == SSL_ERROR_SYSCALL && errno ? errno : EPROTO;
+    c->tls_failed = true;
+    c->tls_error = ERR_peek_last_error();
+    ERR_clear_error();
+    return err;
+}
+
+static void tls_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r != 1) {
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            c->tls_hs_write = e == SSL_ERROR_WANT_WRITE;
+            tls_update_wev(c);
+            return;
+        }
+        int err = tls_error(c, e);
+        c->tls_verify = SSL_get_verify_result(c->ssl);
+        c->tls_hs_write = false;
+        c->write_wait = false;
+        event_del(c->wev);
+        c->events->on_error(c, err);
+        return;
+    }
+    c->handshaking = false;
+    c->tls_hs_write = false;
+    /* Records that came with the handshake are out of the kernel's sight: read them soon. */
+    if (SSL_has_pending(c->ssl))
+        event_active(c->rev, EV_READ, 0);
+    if (c->connecting) {
+        c->connecting = false;
+        if (evbuffer_get_length(c->out) > 0) {
+            c->write_wait = true;
+            tls_update_wev(c);
+            return;
+        }
+        tls_update_wev(c);
+        c->events->on_writable(c);
+        return;
+    }
+    tls_update_wev(c);
+    if (c->events->on_handshake)
+        c->events->on_handshake(c);
+}
+
+/*
+ * Writes c->out through TLS, one chain (or one record's worth) per
+ * SSL_write. Returns 0 (all written, or waiting: see tls_write_read), or -1
+ * with errno.
+ */
+static int tls_write(struct conn *c)
+{
+    c->tls_write_read = false;
+    for (;;) {
+        size_t left = evbuffer_get_length(c->out);
+        if (left == 0)
+            return 0;
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(c->out, -1, NULL, &v, 1) < 1)
+            return 0;
+        size_t want = left < CONN_TLS_RECORD ? left : CONN_TLS_RECORD;
+        if (v.iov_len < want) {
+            v.iov_base = evbuffer_pullup(c->out, (ssize_t)want);
+            v.iov_len = want;
+            if (!v.iov_base) {
+                errno = ENOMEM;
+                return -1;
+            }
+        }
+        size_t n = 0;
+        ERR_clear_error();
+        if (SSL_write_ex(c->ssl, v.iov_base, v.iov_len, &n)) {
+            evbuffer_drain(c->out, n);
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, 0);
+        if (e == SSL_ERROR_WANT_WRITE)
+            return 0;
+        if (e == SSL_ERROR_WANT_READ) {
+            c->tls_write_read = true;
+            return 0;
+        }
+        errno = tls_error(c, e);
+        return -1;
+    }
+}
+
+/*
+ * Reads through TLS into reserved space like the plain path, but keeps
+ * going while OpenSSL holds decrypted bytes: the kernel would not wake us
+ * for them.
+ */
+static void tls_on_read(struct conn *c)
+{
+    if (c->handshaking) {
+        tls_handshake(c);
+        return;
+    }
+    if (c->tls_write_read) {
+        /* A write waited for this readability: let the write event retry it. */
+        c->tls_write_read = false;
+        tls_update_wev(c);
+    }
+    if (c->tls_pending_err) {
+        int err = c->tls_pending_err;
+        c->tls_pending_err = 0;
+        c->events->on_error(c, err);
+        return;
+    }
+    size_t total = 0;
+    int err = 0;
+    bool eof = false, more = true;
+    while (more) {
+        struct evbuffer_iovec vec[2];
+        int nvec = evbuffer_reserve_space(c->in, CONN_READ_SIZE, vec, 2);
+        if (nvec <= 0) {
+            err = ENOMEM;
+            break;
+        }
+        size_t used[2] = {0, 0};
+        for (int i = 0; i < nvec && more;) {
+            if (used[i] == vec[i].iov_len) {
+                i++;
+                continue;
+            }
+            size_t n = 0;
+            ERR_clear_error();
+            if (SSL_read_ex(c->ssl, (char *)vec[i].iov_base + used[i], vec[i].iov_len - used[i],
+                            &n)) {
+                used[i] += n;
+                total += n;
+                continue;
+            }
+            more = false;
+            int e = SSL_get_error(c->ssl, 0);
+            if (e == SSL_ERROR_WANT_WRITE) {
+                c->tls_read_write = true;
+                tls_update_wev(c);
+            } else if (e == SSL_ERROR_ZERO_RETURN) {
+                eof = true;
+            } else if (e != SSL_ERROR_WANT_READ) {
+                err = tls_error(c, e);
+            }
+        }
+        for (int i = 0; i < nvec; i++)
+            vec[i].iov_len = used[i];
+        evbuffer_commit_space(c->in, vec, nvec);
+        if (more && total >= CONN_READ_SIZE && !SSL_has_pending(c->ssl))
+            more = false;
+    }
+    if (err && (total || eof)) {
+        /* Deliver what arrived first; the error follows from the loop. */
+        c->tls_pending_err = err;
+        event_active(c->rev, EV_READ, 0);
+        err = 0;
+    }
+    if (err) {
+        c->events->on_error(c, err);
+        return;
+    }
+    if (eof) {
+        c->eof = true;
+        conn_read_enable(c, false);
+    }
+    if (total || eof)
+        c->events->on_read(c);
+}
+
+static void tls_on_write(struct conn *c)
+{
+    if (c->connecting && c->write_wait) {
+        /* The TCP connect finished: start the handshake. */
+        int err = c->connect_err;
+        socklen_t len = sizeof err;
+        if (!err && getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        c->write_wait = false;
+        if (err) {
+            c->connecting = false;
+            event_del(c->wev);
+            c->events->on_error(c, err);
+            return;
+        }
+        conn_read_enable(c, true);
+        tls_handshake(c);
+        return;
+    }
+    if (c->handshaking) {
+        tls_handshake(c);
+        return;
+    }
+    if (c->tls_read_write) {
+        c->tls_read_write = false;
+        tls_update_wev(c);
+        if (c->reading)
+            event_active(c->rev, EV_READ, 0);
+        if (!c->write_wait)
+            return;
+    }
+    if (tls_write(c) < 0) {
+        c->write_wait = false;
+        tls_update_wev(c);
+        c->events->on_error(c, errno);
+        return;
+    }
+    if (evbuffer_get_length(c->out) == 0) {
+        c->write_wait = false;
+        tls_update_wev(c);
+        c->events->on_writable(c);
+        return;
+    }
+    tls_update_wev(c);
+}
+
+/* ---- events ---------------------------------------------------------------- */
+
 static void on_read_ready(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
+    if (c->ssl) {
+        tls_on_read(c);
+        return;
+    }
     struct evbuffer_iovec vec[2];
     int nvec = evbuffer_reserve_space(c->in, CONN_READ_SIZE, vec, 2);
     if (nvec <= 0) {
@@ -59,6 +300,10 @@ static void on_read_ready(evutil_socket_t fd, short what, void *arg)
 static void on_write_ready(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
+    if (c->ssl) {
+        tls_on_write(c);
+        return;
+    }
     if (c->connecting) {
         int err = c->connect_err;
         socklen_t len = sizeof err;
@@ -105,6 +350,12 @@ static int setup(struct conn *c, struct event_base *base, int fd, const struct c
     c->connecting = false;
     c->write_wait = false;
     c->connect_err = 0;
+    c->handshaking = false;
+    c->tls_hs_write = c->tls_read_write = c->tls_write_read = false;
+    c->tls_failed = false;
+    c->tls_pending_err = 0;
+    c->tls_error = 0;
+    c->tls_verify = 0;
     c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read_ready, c);
@@ -194,6 +445,17 @@ int conn_flush(struct conn *c)
         return 0; /* the write event will carry on */
     if (evbuffer_get_length(c->out) == 0)
         return 0;
+    if (c->ssl) {
+        if (c->handshaking)
+            return 0;
+        if (tls_write(c) < 0)
+            return -1;
+        if (evbuffer_get_length(c->out) > 0) {
+            c->write_wait = true;
+            tls_update_wev(c);
+        }
+        return 0;
+    }
     int n = evbuffer_write(c->out, c->fd);
     if (n < 0 && errno != EAGAIN && errno != EINTR)
         return -1;
@@ -204,8 +466,60 @@ int conn_flush(struct conn *c)
     return 0;
 }
 
+int conn_tls_accept(struct conn *c, SSL *ssl)
+{
+    if (c->fd < 0 || c->ssl || !SSL_set_fd(ssl, c->fd)) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        return -1;
+    }
+    c->ssl = ssl;
+    c->handshaking = true;
+    SSL_set_accept_state(ssl);
+    conn_read_enable(c, true);
+    return 0;
+}
+
+int conn_tls_connect(struct conn *c, SSL *ssl)
+{
+    if (c->fd < 0 || c->ssl || !c->connecting || !SSL_set_fd(ssl, c->fd)) {
+        SSL_free(ssl);
+        ERR_clear_error();
+        return -1;
+    }
+    c->ssl = ssl;
+    c->handshaking = true;
+    SSL_set_connect_state(ssl);
+    return 0;
+}
+
+/* One close_notify, if the session is up and none was sent; never waits. */
+static void tls_close_notify(struct conn *c)
+{
+    if (!c->ssl || c->fd < 0 || c->handshaking || c->tls_failed ||
+        (SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
+        return;
+    ERR_clear_error();
+    SSL_shutdown(c->ssl);
+    ERR_clear_error();
+}
+
+void conn_shutdown_write(struct conn *c)
+{
+    if (c->fd < 0)
+        return;
+    tls_close_notify(c);
+    shutdown(c->fd, SHUT_WR);
+}
+
 void conn_close(struct conn *c)
 {
+    if (c->ssl) {
+        tls_close_notify(c);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        c->handshaking = false;
+    }
     if (c->rev)
         event_free(c->rev);
     if (c->wev)

@@ -9,7 +9,15 @@
  * EAGAIN. The read event stays registered for the connection's whole life
  * unless the owner pauses reading for backpressure.
  *
- * Owns: the file descriptor, its two events, and the in/out evbuffers.
+ * TLS (conn_tls_accept, conn_tls_connect): the same pattern through
+ * SSL_read/SSL_write. A read drains every decrypted byte OpenSSL holds
+ * (SSL_pending), so none is stranded without a readable event to fetch it;
+ * a write hands SSL_write one evbuffer chain (or up to one record's worth
+ * pulled together) at a time. Plain connections pay nothing for this: the
+ * TLS paths branch off on c->ssl.
+ *
+ * Owns: the file descriptor, its two events, the in/out evbuffers, and the
+ * SSL object once a TLS call took it.
  * Promises: callbacks are only ever called from the event loop, never from
  * inside conn_* calls, so the owner may call any conn_* from a callback.
  * After conn_close() no callback runs.
@@ -27,8 +35,9 @@ struct event;
 struct event_base;
 struct evbuffer;
 struct conn;
+struct ssl_st;
 
-/* What the owner of a connection is told. All members are required. */
+/* What the owner of a connection is told. All members are required but on_handshake. */
 struct conn_events {
     /* New bytes are in c->in, or the peer closed its side (c->eof set). */
     void (*on_read)(struct conn *c);
@@ -36,6 +45,8 @@ struct conn_events {
     void (*on_writable)(struct conn *c);
     /* A read or write failed (reset, broken pipe) or connect failed: `err` is errno. */
     void (*on_error)(struct conn *c, int err);
+    /* A server-side TLS handshake (conn_tls_accept) completed. NULL for codecs that adopt later. */
+    void (*on_handshake)(struct conn *c);
 };
 
 struct conn {
@@ -51,6 +62,16 @@ struct conn {
     bool connecting; /* a non-blocking connect is in progress */
     bool write_wait; /* the write event is registered */
     int connect_err; /* a connect that failed at once, reported from the loop */
+    /* TLS: everything below is unused (NULL, false, 0) on plain connections. */
+    struct ssl_st *ssl;      /* owned: freed by conn_close */
+    bool handshaking;        /* the TLS handshake has not completed */
+    bool tls_hs_write;       /* the handshake waits for writability */
+    bool tls_read_write;     /* SSL_read waits for writability */
+    bool tls_write_read;     /* SSL_write waits for readability */
+    bool tls_failed;         /* a fatal TLS error: no close_notify */
+    int tls_pending_err;     /* an error to report after delivering the bytes read with it */
+    unsigned long tls_error; /* the OpenSSL error code of a failure (ERR_get_error), or 0 */
+    long tls_verify;         /* SSL_get_verify_result after a failed client handshake */
 };
 
 /* Allocates a closed connection (fd -1); free with conn_free. NULL on OOM. */
@@ -89,6 +110,29 @@ void conn_read_enable(struct conn *c, bool on);
  * owner should close; on_error is not called for this).
  */
 int conn_flush(struct conn *c);
+
+/*
+ * Starts a server-side TLS handshake on an open connection (conn_open),
+ * taking over `ssl` (freed here on failure). When it completes,
+ * events->on_handshake is called; when it fails, on_error (EPROTO for a
+ * TLS failure; c->tls_error holds the OpenSSL reason). Returns 0 or -1.
+ */
+int conn_tls_accept(struct conn *c, struct ssl_st *ssl);
+
+/*
+ * Makes a connection being connected (conn_connect) a TLS client, taking
+ * over `ssl` (freed here on failure): after the TCP connect the handshake
+ * runs, and only then is on_writable called (c->connecting stays true until
+ * then). A failed handshake or certificate check is reported through
+ * on_error (EPROTO; c->tls_error and c->tls_verify say why). Returns 0 or -1.
+ */
+int conn_tls_connect(struct conn *c, struct ssl_st *ssl);
+
+/*
+ * Ends the sending side: a TLS close_notify (best effort, non-blocking) and
+ * then shutdown(SHUT_WR). Reading goes on.
+ */
+void conn_shutdown_write(struct conn *c);
 
 /* Closes the socket and frees events and buffers. Idempotent. */
 void conn_close(struct conn *c);

@@ -68,6 +68,7 @@ static const char *const var_names[XVAR_COUNT] = {
     [XVAR_CONSUMER] = "consumer",
     [XVAR_HOST] = "host",
     [XVAR_ROUTE] = "route",
+    [XVAR_CLIENT_SUBJECT] = "client_subject",
 };
 
 int exchange_var_lookup(struct slice name)
@@ -91,6 +92,8 @@ struct slice exchange_var(const struct exchange *x, enum exchange_var v)
         return x->host;
     case XVAR_ROUTE:
         return x->route ? slice_cstr(x->route->name) : slice_make("", 0);
+    case XVAR_CLIENT_SUBJECT:
+        return x->client_subject;
     case XVAR_COUNT:
         break;
     }
@@ -241,11 +244,21 @@ static void assign_request_id(struct exchange *x)
         x->request_id = *sent;
         return;
     }
-    static const char hex[] = "0123456789abcdef";
+    /* Two hex digits per random byte, from a table: no per-nibble arithmetic. */
+    static const char hex[] = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+                              "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+                              "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+                              "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+                              "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+                              "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+                              "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+                              "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
     char *id = arena_alloc(x->arena, 33);
-    uint64_t r[2] = {worker_random(x->worker), worker_random(x->worker)};
-    for (int i = 0; i < 32; i++)
-        id[i] = hex[(r[i / 16] >> ((i % 16) * 4)) & 15];
+    for (int half = 0; half < 2; half++) {
+        uint64_t r = worker_random(x->worker);
+        for (int i = 0; i < 8; i++, r >>= 8)
+            memcpy(id + half * 16 + i * 2, hex + (r & 0xff) * 2, 2);
+    }
     id[32] = '\0';
     x->request_id = slice_make(id, 32);
     header_set(&x->req_headers, name, x->request_id);

@@ -72,6 +72,7 @@ enum exchange_var {
     XVAR_CONSUMER,
     XVAR_HOST,
     XVAR_ROUTE,
+    XVAR_CLIENT_SUBJECT,
     XVAR_COUNT
 };
 
@@ -109,7 +110,8 @@ struct exchange {
     struct route_match match;
     const struct route_config *route; /* NULL when none matched */
     struct slice request_id;
-    struct slice consumer; /* set by auth filters */
+    struct slice consumer;       /* set by auth filters */
+    struct slice client_subject; /* mTLS: the verified client certificate's subject (RFC 2253) */
 
     /* The response. Response filters may edit resp_headers. */
     int status;

@@ -1,7 +1,7 @@
 /*
- * health: active checks with plain non-blocking sockets and libevent
- * events (no bufferevents: a probe sends one small request and reads one
- * status line). See health.h for the contract.
+ * health: active checks over struct conn (conn.c), so a probe speaks TLS to
+ * an upstream with "tls" exactly as the proxy does: a probe sends one small
+ * request and reads one status line. See health.h for the contract.
  */
 #include "health.h"
 
@@ -12,9 +12,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 
 #include "config.h"
+#include "conn.h"
+#include "tls.h"
 #include "upstream.h"
 
 /* Enough for "HTTP/1.1 200 " and a reason phrase; longer lines are judged on this prefix. */
@@ -24,15 +27,11 @@ struct probe {
     struct probe *prev, *next;
     struct health_checker *checker;
     struct target *target;
-    int fd;
-    struct event *io;
+    struct conn conn;
     struct event *timer;
     char *request;
-    size_t request_len, sent;
-    char response[STATUS_LINE_MAX];
-    size_t received;
-    bool connected;
-    bool reading;
+    size_t request_len;
+    bool sent;
 };
 
 struct health_checker {
@@ -71,12 +70,9 @@ static void probe_free(struct probe *p)
         hc->probes = p->next;
     if (p->next)
         p->next->prev = p->prev;
-    if (p->io)
-        event_free(p->io);
+    conn_close(&p->conn);
     if (p->timer)
         event_free(p->timer);
-    if (p->fd >= 0)
-        close(p->fd);
     free(p->request);
     free(p);
 }
@@ -109,50 +105,43 @@ static void on_probe_timeout(evutil_socket_t fd, short what, void *arg)
     finish(arg, false);
 }
 
-static void on_probe_io(evutil_socket_t fd, short what, void *arg)
+/* Connected (and through TLS): send the request once. */
+static void on_probe_writable(struct conn *c)
 {
-    (void)what;
-    struct probe *p = arg;
-    if (!p->connected) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
-            finish(p, false);
-            return;
-        }
-        p->connected = true;
-    }
-    if (!p->reading) {
-        while (p->sent < p->request_len) {
-            ssize_t n = send(fd, p->request + p->sent, p->request_len - p->sent, MSG_NOSIGNAL);
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-                return;
-            if (n <= 0) {
-                finish(p, false);
-                return;
-            }
-            p->sent += (size_t)n;
-        }
-        p->reading = true;
-        event_del(p->io);
-        if (event_assign(p->io, event_get_base(p->io), fd, EV_READ | EV_PERSIST, on_probe_io, p) <
-                0 ||
-            event_add(p->io, NULL) < 0)
-            finish(p, false);
+    struct probe *p = c->owner;
+    if (p->sent)
         return;
-    }
-    ssize_t n = recv(fd, p->response + p->received, sizeof(p->response) - p->received, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return;
-    if (n <= 0) {
-        /* Closed or reset before the status line was complete. */
+    p->sent = true;
+    evbuffer_add(c->out, p->request, p->request_len);
+    if (conn_flush(c) < 0)
         finish(p, false);
+}
+
+static void on_probe_read(struct conn *c)
+{
+    struct probe *p = c->owner;
+    size_t have = evbuffer_get_length(c->in);
+    size_t look = have < STATUS_LINE_MAX ? have : STATUS_LINE_MAX;
+    const char *line = (const char *)evbuffer_pullup(c->in, (ssize_t)look);
+    if (line && (memchr(line, '\n', look) || look == STATUS_LINE_MAX)) {
+        finish(p, status_ok(line, look));
         return;
     }
-    p->received += (size_t)n;
-    if (memchr(p->response, '\n', p->received) || p->received == sizeof(p->response))
-        finish(p, status_ok(p->response, p->received));
+    if (c->eof)
+        finish(p, false); /* closed before the status line was complete */
 }
+
+static void on_probe_error(struct conn *c, int err)
+{
+    (void)err;
+    finish(c->owner, false);
+}
+
+static const struct conn_events probe_events = {
+    .on_read = on_probe_read,
+    .on_writable = on_probe_writable,
+    .on_error = on_probe_error,
+};
 
 /* "GET <path> HTTP/1.1" with Host: the configured host, bracketed when IPv6, with its port. */
 static char *build_request(const struct health_config *h, const struct target *t, size_t *len)
@@ -183,7 +172,7 @@ static void start_probe(struct health_checker *hc, struct target *t)
     struct probe *p = calloc(1, sizeof(*p));
     if (!p)
         return;
-    p->fd = -1;
+    p->conn.fd = -1;
     p->checker = hc;
     p->target = t;
     p->next = hc->probes;
@@ -194,18 +183,16 @@ static void start_probe(struct health_checker *hc, struct target *t)
     p->request = build_request(h, t, &p->request_len);
     if (!p->request)
         goto fail;
-    p->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (p->fd < 0)
+    if (conn_connect(&p->conn, base, (const struct sockaddr *)&t->addr, t->addrlen, &probe_events,
+                     p) < 0)
         goto fail;
-    if (connect(p->fd, (const struct sockaddr *)&t->addr, t->addrlen) == 0)
-        p->connected = true;
-    else if (errno != EINPROGRESS)
+    const struct tls_client *tls = hc->upstream->cfg->tls;
+    if (tls && tls_client_start(&p->conn, tls, t) < 0)
         goto fail;
     int timeout_ms = h->timeout_ms > 0 ? h->timeout_ms : 1000;
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    p->io = event_new(base, p->fd, EV_WRITE | EV_PERSIST, on_probe_io, p);
     p->timer = evtimer_new(base, on_probe_timeout, p);
-    if (!p->io || !p->timer || event_add(p->io, NULL) < 0 || event_add(p->timer, &tv) < 0)
+    if (!p->timer || event_add(p->timer, &tv) < 0)
         goto fail;
     return;
 fail:

@@ -14,9 +14,11 @@
 #include "conn.h"
 #include "exchange.h"
 #include "http1_parse.h"
+#include "http2_server.h"
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "tls.h"
 #include "worker.h"
 
 /* How long a closing connection keeps draining the client's input. */
@@ -49,9 +51,11 @@ struct h1_conn {
     bool shut;             /* write side shut down (lingering) */
     unsigned flags;        /* enum listen_flags */
     bool tls;              /* the connection came over TLS */
+    char *client_subject;  /* mTLS: the verified client certificate's subject, or NULL */
     bool client_10;        /* the current request is HTTP/1.0 */
     bool client_keepalive; /* the current request allows another one after it */
     bool write_failed;     /* a write to the client failed; close from the loop */
+    bool handed_off;       /* the socket went to the HTTP/2 codec (h2c preface) */
     /* request body */
     enum http1_framing req_framing;
     uint64_t req_left;
@@ -92,8 +96,12 @@ static void destroy(struct h1_conn *h)
     conn_free(h->conn);
     if (h->timer)
         event_free(h->timer);
-    worker_conn_removed(h->w, &h->link);
+    if (h->handed_off)
+        worker_conn_detach(h->w, &h->link); /* the connection lives on in http2_server */
+    else
+        worker_conn_removed(h->w, &h->link);
     metrics_connection_closed("http1");
+    free(h->client_subject);
     free(h);
 }
 
@@ -305,8 +313,19 @@ static void h1_send_body(struct exchange *x, struct evbuffer *data)
 static void h1_send_end(struct exchange *x)
 {
     struct h1_conn *h = from_side(x);
-    if (h->resp_chunked && !x->resp_no_body)
-        evbuffer_add(h->conn->out, "0\r\n\r\n", 5);
+    if (h->resp_chunked && !x->resp_no_body) {
+        /* Trailer fields (e.g. gRPC's) go in the last chunk (RFC 9112 7.1.2); with a
+         * Content-Length there is no place for them and they are dropped. */
+        evbuffer_add(h->conn->out, "0\r\n", 3);
+        for (size_t i = 0; i < x->resp_trailers.count; i++) {
+            const struct header *f = &x->resp_trailers.items[i];
+            evbuffer_add(h->conn->out, f->name.base, f->name.len);
+            evbuffer_add(h->conn->out, ": ", 2);
+            evbuffer_add(h->conn->out, f->value.base, f->value.len);
+            evbuffer_add(h->conn->out, "\r\n", 2);
+        }
+        evbuffer_add(h->conn->out, "\r\n", 2);
+    }
     h->x = NULL;
     h->resp_done = true;
     flush_or_fail(h);
@@ -381,7 +400,7 @@ static void start_closing(struct h1_conn *h)
 {
     h->state = H1_CLOSING;
     if (evbuffer_get_length(h->conn->out) == 0) {
-        shutdown(h->conn->fd, SHUT_WR);
+        conn_shutdown_write(h->conn);
         h->shut = true;
     }
     /* Keep reading (and discarding) so unread input does not turn into a reset. */
@@ -408,6 +427,10 @@ static struct exchange *new_exchange(struct h1_conn *h)
     memcpy(x->remote_addr, h->remote_addr, sizeof x->remote_addr);
     x->protocol = XPROTO_HTTP11;
     x->tls = h->tls;
+    if (h->client_subject) {
+        size_t len = strlen(h->client_subject);
+        x->client_subject = slice_make(arena_strndup(x->arena, h->client_subject, len), len);
+    }
     h->x = x;
     h->state = H1_ACTIVE;
     h->requests++;
@@ -604,6 +627,35 @@ static bool parse_head(struct h1_conn *h)
     return true;
 }
 
+/*
+ * h2c with prior knowledge (RFC 9113 3.3): a fresh cleartext connection on an
+ * h2c listener that starts with the HTTP/2 preface goes to http2_server.
+ * Returns 1 when it was handed over (h is dead), 0 to wait for more of a
+ * partial preface, -1 when this is HTTP/1.
+ */
+static int try_h2c(struct h1_conn *h)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const size_t plen = sizeof preface - 1;
+    if (!(h->flags & LISTEN_H2C) || h->tls || h->requests > 0)
+        return -1;
+    size_t have = evbuffer_get_length(h->conn->in);
+    size_t look = have < plen ? have : plen;
+    const char *buf = (const char *)evbuffer_pullup(h->conn->in, (ssize_t)look);
+    if (memcmp(buf, preface, look) != 0)
+        return -1;
+    if (look < plen)
+        return h->conn->eof ? -1 : 0;
+    if (http2_server_adopt(h->w, h->conn, &h->peer, h->flags) < 0)
+        return -1;
+    /* The conn is http2_server's now: free only this struct, via leave(). */
+    h->conn = NULL;
+    h->handed_off = true;
+    h->dead = true;
+    event_del(h->timer);
+    return 1;
+}
+
 static void process(struct h1_conn *h)
 {
     h->busy++;
@@ -631,6 +683,8 @@ static void process(struct h1_conn *h)
                 close_now(h);
             break;
         }
+        if (h->fresh && h->state != H1_ACTIVE && try_h2c(h) >= 0)
+            break;
         if (h->state == H1_IDLE) {
             h->state = H1_HEAD;
             if (!h->fresh)
@@ -655,7 +709,7 @@ static void on_writable(struct conn *c)
     struct h1_conn *h = c->owner;
     if (h->state == H1_CLOSING) {
         if (!h->shut) {
-            shutdown(h->conn->fd, SHUT_WR);
+            conn_shutdown_write(h->conn);
             h->shut = true;
         }
         return;
@@ -776,6 +830,8 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
         free(h);
         return -1;
     }
+    if (c->ssl)
+        h->client_subject = tls_peer_subject(c->ssl);
     h->conn = c;
     conn_set_owner(c, &h1_conn_events, h);
     conn_read_enable(c, true);

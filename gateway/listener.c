@@ -13,6 +13,7 @@
 #include "config.h"
 #include "http1_server.h"
 #include "log.h"
+#include "tls.h"
 #include "worker.h"
 
 /* Open client connections across all workers (limits.max_connections). */
@@ -46,6 +47,25 @@ static int max_conns(struct worker *w)
     return w->current ? w->current->snapshot->limits.max_connections : 65536;
 }
 
+/*
+ * The listener's configuration in the worker's current view. A request may
+ * have moved the view to a newer snapshot before the reload notice re-indexed
+ * the listeners, so the address is checked.
+ */
+static const struct listen_config *config_of(const struct listener *l)
+{
+    const struct worker *w = l->worker;
+    if (!w->current)
+        return NULL;
+    const struct snapshot *s = w->current->snapshot;
+    if (l->index < s->num_listeners && strcmp(s->listeners[l->index].address, l->address) == 0)
+        return &s->listeners[l->index];
+    for (size_t i = 0; i < s->num_listeners; i++)
+        if (strcmp(s->listeners[i].address, l->address) == 0)
+            return &s->listeners[i];
+    return NULL;
+}
+
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
     struct listener *l = arg;
@@ -65,7 +85,11 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
             return;
         }
         atomic_fetch_add(&open_conns, 1);
-        if (http1_server_accept(w, cfd, &peer, len, l->flags) < 0) {
+        const struct listen_config *lc = config_of(l);
+        int r = lc && lc->tls
+                    ? tls_server_accept(w, cfd, &peer, l->flags, w->current->snapshot, lc)
+                    : http1_server_accept(w, cfd, &peer, len, l->flags & ~(unsigned)LISTEN_TLS);
+        if (r < 0) {
             close(cfd);
             atomic_fetch_sub(&open_conns, 1);
         }

@@ -4,7 +4,8 @@
  * new connections over the workers without a shared accept lock.
  *
  * Owns: the socket and its accept event. Promises: accepted sockets are
- * non-blocking and close-on-exec and go straight to the HTTP/1 codec. While
+ * non-blocking and close-on-exec and go straight to the HTTP/1 codec, or to
+ * the TLS handshake (tls.c) on a listener with "tls". While
  * the process is at limits.max_connections, listeners stop accepting and
  * connections wait in the kernel backlog (SPEC 7 "max_connections").
  *
@@ -28,6 +29,7 @@ struct listener {
     struct event *ev;
     char *address;  /* as configured, the key for reload */
     unsigned flags; /* enum listen_flags, refreshed on reload */
+    size_t index;   /* its listen_config in the snapshot in force, refreshed on reload */
     bool paused;
 };
 

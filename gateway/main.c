@@ -237,7 +237,7 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();
+    /* No evthread_use_pthreads(): every event_base is used by one thread only (worker.c). */
     struct gateway g = {0};
     g.drain_timeout_ms = s->limits.drain_timeout_ms;
     int n = s->workers > 0 ? s->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);

@@ -5,12 +5,15 @@
 
 #include <event2/buffer.h>
 
+#include "http2_client.h"
+
 void pool_init(struct pool *p)
 {
     p->idle = NULL;
     p->num_idle = 0;
     p->num_open = 0;
     p->wait_head = p->wait_tail = NULL;
+    p->h2 = NULL;
 }
 
 static void idle_unlink(struct upconn *uc)
@@ -119,6 +122,8 @@ void pool_release(struct upconn *uc, int keepalive)
 
 void pool_close_all(struct pool *p)
 {
+    if (p->h2)
+        http2_client_pool_close(p);
     while (p->idle)
         pool_close_conn(p->idle);
     while (p->wait_head) {

@@ -19,6 +19,7 @@
 
 #include "conn.h"
 
+struct h2_session;
 struct pool;
 struct proxy;
 struct target;
@@ -49,12 +50,14 @@ struct pool {
     unsigned num_open; /* idle + busy + connecting */
     struct pool_waiter *wait_head;
     struct pool_waiter *wait_tail;
+    struct h2_session *h2; /* HTTP/2 connections (http2_client.c), counted in num_open */
 };
 
 void pool_init(struct pool *p);
 
 /* Closes every idle connection and fails every waiter. Busy connections are
- * left to their exchanges, which close them when they end. */
+ * left to their exchanges, which close them when they end. HTTP/2 connections
+ * are closed too (http2_client_pool_close). */
 void pool_close_all(struct pool *p);
 
 /* Takes the most recently used idle connection, or NULL. */

@@ -12,9 +12,11 @@
 #include "exchange.h"
 #include "http1_client.h"
 #include "http1_parse.h"
+#include "http2_client.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -51,6 +53,7 @@ struct proxy {
     const struct upstream_config *cfg;
     struct target *target;
     struct upconn *uc;
+    struct h2_stream *h2; /* instead of uc when the upstream speaks HTTP/2 (http2_client.c) */
     struct pool_waiter waiter;
     struct event *timer;
     enum proxy_state state;
@@ -79,6 +82,7 @@ struct proxy {
 };
 
 static void attempt(struct proxy *p);
+static void start_h2(struct proxy *p);
 static void on_upstream_read(struct conn *c);
 static void on_upstream_writable(struct conn *c);
 static void on_upstream_error(struct conn *c, int err);
@@ -115,6 +119,10 @@ static void arm(struct proxy *p, int ms)
 static void drop_conn(struct proxy *p, bool reuse)
 {
     struct upconn *uc = p->uc;
+    if (p->h2) {
+        http2_client_close(p->h2); /* resets the stream if it is still open */
+        p->h2 = NULL;
+    }
     if (!uc)
         return;
     p->uc = NULL;
@@ -174,7 +182,7 @@ static void pump_request(struct proxy *p)
 {
     struct exchange *x = p->x;
     struct upconn *uc = p->uc;
-    if (!uc || p->state == P_CONNECTING || p->req_sent_end)
+    if ((!uc && !p->h2) || (uc && p->state == P_CONNECTING) || p->req_sent_end)
         return;
     size_t len = evbuffer_get_length(x->req_body);
     if (len) {
@@ -193,7 +201,19 @@ static void pump_request(struct proxy *p)
         }
         if (!p->replay)
             p->body_streamed = true;
-        http1_client_body(uc->conn.out, x->req_body, p->req_chunked);
+        if (!p->h2)
+            http1_client_body(uc->conn.out, x->req_body, p->req_chunked);
+    }
+    if (p->h2) {
+        /* HTTP/2: the stream holds the body until flow control lets it go. */
+        http2_client_body(p->h2, x->req_body, x->req_body_done);
+        p->req_sent_end = x->req_body_done;
+        bool full = http2_client_body_pending(p->h2) > PROXY_HIGH_WATER;
+        if (full != p->client_paused && !x->req_body_done) {
+            p->client_paused = full;
+            x->client->ops->pause_body(x, full);
+        }
+        return;
     }
     if (x->req_body_done) {
         if (p->req_chunked)
@@ -302,6 +322,10 @@ static void on_slot(struct pool_waiter *w, bool ok)
 static void connect_target(struct proxy *p)
 {
     struct target *t = p->target;
+    if (p->cfg->protocol == UPSTREAM_H2) {
+        start_h2(p);
+        return;
+    }
     struct upconn *uc = pool_take_idle(&t->pool);
     if (uc) {
         p->uc = uc;
@@ -321,6 +345,11 @@ static void connect_target(struct proxy *p)
     if (conn_connect(&uc->conn, p->x->worker->base, (const struct sockaddr *)&t->addr, t->addrlen,
                      &upstream_events, uc) < 0) {
         fail(p, FAIL_CONNECT, 502, "cannot create a socket to the upstream");
+        return;
+    }
+    /* With "tls" the handshake runs after the connect; on_writable comes after both. */
+    if (p->cfg->tls && tls_client_start(&uc->conn, p->cfg->tls, t) < 0) {
+        fail(p, FAIL_CONNECT, 502, "cannot set up TLS to the upstream");
         return;
     }
     arm(p, p->cfg->connect_timeout_ms);
@@ -401,8 +430,14 @@ void proxy_start(struct exchange *x)
     /* A body the exchange paused while filters ran is resumed as the upstream drains. */
     p->client_paused = x->body_held;
     x->body_held = false;
+    /* RFC 9113 8.2.2: HTTP/2 carries TE only as "trailers", which gRPC requires. */
+    bool te_trailers = p->cfg->protocol == UPSTREAM_H2 &&
+                       header_has_token(&x->req_headers, SLICE_LIT("TE"), SLICE_LIT("trailers"));
     http1_client_prepare(x);
-    p->head = http1_client_head(x, &p->req_chunked);
+    if (te_trailers)
+        header_add(&x->req_headers, SLICE_LIT("te"), SLICE_LIT("trailers"));
+    if (p->cfg->protocol != UPSTREAM_H2)
+        p->head = http1_client_head(x, &p->req_chunked);
     attempt(p);
 }
 
@@ -610,6 +645,14 @@ static void on_upstream_error(struct conn *c, int err)
 {
     struct upconn *uc = c->owner;
     struct proxy *p = uc->user;
+    if (p->state == P_CONNECTING && c->tls_failed) {
+        char why[256];
+        tls_describe_failure(c, why, sizeof why);
+        log_warn("upstream %s: TLS handshake with %s failed: %s", p->cfg->name, p->target->name,
+                 why);
+        fail(p, FAIL_CONNECT, 502, "the TLS handshake with the upstream failed");
+        return;
+    }
     if (p->state == P_CONNECTING) {
         fail(p, FAIL_CONNECT, 502, "the upstream refused the connection");
         return;
@@ -624,7 +667,7 @@ static void on_upstream_error(struct conn *c, int err)
 void proxy_on_request_body(struct exchange *x)
 {
     struct proxy *p = x->proxy;
-    if (p->uc && p->state != P_CONNECTING) {
+    if (p->h2 || (p->uc && p->state != P_CONNECTING)) {
         pump_request(p);
         return;
     }
@@ -639,10 +682,133 @@ void proxy_on_request_body(struct exchange *x)
 void proxy_on_client_drain(struct exchange *x)
 {
     struct proxy *p = x->proxy;
+    if (p->upstream_paused && p->h2) {
+        p->upstream_paused = false;
+        http2_client_pause(p->h2, false);
+        return;
+    }
     if (!p->upstream_paused || !p->uc)
         return;
     p->upstream_paused = false;
     conn_read_enable(&p->uc->conn, true);
     if (evbuffer_get_length(p->uc->conn.in) > 0 || p->uc->conn.eof)
         stream_body(p);
+}
+
+/* ---- HTTP/2 upstreams ----------------------------------------------------------
+ *
+ * The stream replaces the connection: http2_client.c frames the request and
+ * parses the response; the states, timers, retries and backpressure stay
+ * here. Its events come from the session's loop callbacks only.
+ */
+
+static void on_h2_connected(void *owner)
+{
+    struct proxy *p = owner;
+    p->state = P_WAIT_HEAD;
+    p->x->upstream_start_us = now_us();
+    arm(p, p->timeout_ms);
+}
+
+static void on_h2_head(void *owner)
+{
+    struct proxy *p = owner;
+    struct exchange *x = p->x;
+    p->got_byte = true;
+    x->upstream_head_us = now_us();
+    metrics_upstream_response(p->cfg->name, p->target->name, x->status);
+    p->state = P_BODY;
+    arm(p, p->timeout_ms);
+    exchange_send_head(x);
+}
+
+static void on_h2_body(void *owner, struct evbuffer *data)
+{
+    struct proxy *p = owner;
+    struct exchange *x = p->x;
+    exchange_send_body(x, data);
+    arm(p, p->timeout_ms);
+    /* Backpressure: a slow client holds back this stream's window, not the connection. */
+    if (!p->upstream_paused && x->client->ops->pending(x) > PROXY_HIGH_WATER) {
+        p->upstream_paused = true;
+        http2_client_pause(p->h2, true);
+    }
+}
+
+static void on_h2_end(void *owner)
+{
+    struct proxy *p = owner;
+    struct exchange *x = p->x;
+    event_del(p->timer);
+    drop_conn(p, true);
+    drop_target(p);
+    if (!x->req_body_done)
+        x->client->ops->pause_body(x, false); /* the codec closes after this response */
+    proxy_cancel(x);
+    exchange_end(x);
+}
+
+static void on_h2_fail(void *owner, enum http2_client_failure why, int status, const char *message)
+{
+    struct proxy *p = owner;
+    switch (why) {
+    case H2_FAIL_CONNECT:
+        fail(p, FAIL_CONNECT, status, message);
+        return;
+    case H2_FAIL_REFUSED:
+        /* Not processed by the upstream: retried like a stale keep-alive connection. */
+        fail(p, FAIL_STALE, status, message);
+        return;
+    case H2_FAIL_RESET:
+        fail(p, FAIL_AFTER_SEND, status, message);
+        return;
+    }
+}
+
+static void on_h2_body_drained(void *owner)
+{
+    struct proxy *p = owner;
+    if (p->client_paused && !p->x->req_body_done) {
+        p->client_paused = false;
+        p->x->client->ops->pause_body(p->x, false);
+    }
+}
+
+static const struct http2_stream_events h2_events = {
+    .on_connected = on_h2_connected,
+    .on_head = on_h2_head,
+    .on_body = on_h2_body,
+    .on_end = on_h2_end,
+    .on_fail = on_h2_fail,
+    .on_body_drained = on_h2_body_drained,
+};
+
+/* Opens a stream to p->target, replaying the body kept from an earlier attempt. */
+static void start_h2(struct proxy *p)
+{
+    struct exchange *x = p->x;
+    bool connecting = false;
+    p->h2 = http2_client_open(x, p->target, p->cfg, &h2_events, p, &connecting);
+    if (!p->h2) {
+        fail(p, FAIL_CONNECT, 502, "cannot create a socket to the upstream");
+        return;
+    }
+    p->got_byte = false;
+    p->req_sent_end = false;
+    if (p->replay && evbuffer_get_length(p->replay)) {
+        struct evbuffer *copy = evbuffer_new();
+        struct evbuffer_iovec v[32];
+        int n = evbuffer_peek(p->replay, -1, NULL, v, 32);
+        for (int i = 0; i < n && i < 32; i++)
+            evbuffer_add(copy, v[i].iov_base, v[i].iov_len);
+        http2_client_body(p->h2, copy, false);
+        evbuffer_free(copy);
+    }
+    if (connecting) {
+        p->state = P_CONNECTING;
+        arm(p, p->cfg->connect_timeout_ms);
+    } else {
+        on_h2_connected(p);
+    }
+    pump_request(p);
 }

@@ -21,6 +21,7 @@
 #include "balance.h"
 #include "config.h"
 #include "health.h"
+#include "tls.h"
 
 /* The passive mark's length when the upstream has no health_check (SPEC 2.3). */
 #define PASSIVE_DOWN_DEFAULT_MS 5000
@@ -439,6 +440,7 @@ void upstream_rt_free(struct upstream_rt *u)
     }
     for (size_t i = 0; i < u->num_targets; i++) {
         pool_close_all(&u->targets[i]->pool);
+        tls_target_forget(u->targets[i]);
         free(u->targets[i]);
     }
     free(u->targets);

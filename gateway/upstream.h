@@ -59,6 +59,7 @@ struct target {
     int64_t rr_current;                 /* smooth weighted round robin state */
     const struct target_config *config; /* the configured host:port it comes from */
     uint64_t hash;                      /* balance_hash64(name): its rendezvous identity */
+    struct ssl_session_st *tls_session; /* upstream TLS: the last session, for resumption */
 };
 
 struct upstream_rt {

@@ -4,12 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <unistd.h>
 
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "arena.h"
 #include "config.h"
 #include "http1_server.h"
 #include "listener.h"
@@ -124,6 +126,17 @@ void worker_conn_added(struct worker *w, struct client_conn *c)
     w->num_conns++;
 }
 
+void worker_conn_detach(struct worker *w, struct client_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->num_conns--;
+}
+
 void worker_conn_removed(struct worker *w, struct client_conn *c)
 {
     if (c->prev)
@@ -156,11 +169,12 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
     }
     for (size_t i = 0; i < s->num_listeners; i++) {
         const struct listen_config *lc = &s->listeners[i];
-        unsigned flags = lc->h2c ? LISTEN_H2C : 0;
+        unsigned flags = (lc->h2c ? LISTEN_H2C : 0) | (lc->tls ? LISTEN_TLS : 0);
         bool have = false;
         for (struct listener *l = w->listeners; l; l = l->next) {
             if (strcmp(l->address, lc->address) == 0) {
                 l->flags = flags;
+                l->index = i;
                 have = true;
             }
         }
@@ -184,6 +198,7 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
         if (!l)
             return -1;
         l->flags = flags;
+        l->index = i;
         l->next = w->listeners;
         w->listeners = l;
     }
@@ -212,6 +227,9 @@ static void begin_drain(struct worker *w)
 static void on_notify(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
+    uint64_t count;
+    ssize_t r = read(fd, &count, sizeof count); /* resets the eventfd */
+    (void)r;
     int cmd = atomic_exchange(&w->commands, 0);
     if (cmd & WORKER_STOP) {
         for (struct client_conn *c = w->conns, *next; c; c = next) {
@@ -236,6 +254,7 @@ struct worker *worker_new(int id, struct snapshot *s)
     struct worker *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
+    w->notify_fd = -1;
     w->id = id;
     w->run_health_checks = id == 0;
     w->base = event_base_new();
@@ -245,7 +264,14 @@ struct worker *worker_new(int id, struct snapshot *s)
                             EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (!w->dns) /* no resolv.conf: names still resolve from the hosts file */
         w->dns = evdns_base_new(w->base, 0);
-    w->notify = event_new(w->base, -1, EV_PERSIST | EV_READ, on_notify, w);
+    /*
+     * The main thread wakes the worker through an eventfd rather than
+     * event_active(): that way no event_base needs libevent's locking, which
+     * would cost a mutex pair on every event_add/event_del of the hot path.
+     */
+    w->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->notify_fd >= 0)
+        w->notify = event_new(w->base, w->notify_fd, EV_PERSIST | EV_READ, on_notify, w);
     if (!w->dns || !w->notify)
         goto fail;
     event_add(w->notify, NULL);
@@ -276,6 +302,7 @@ static void *worker_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     event_base_dispatch(w->base);
+    arena_thread_cleanup();
     atomic_store(&w->exited, true);
     return NULL;
 }
@@ -288,7 +315,9 @@ int worker_start(struct worker *w)
 void worker_notify(struct worker *w, enum worker_command cmd)
 {
     atomic_fetch_or(&w->commands, (int)cmd);
-    event_active(w->notify, EV_READ, 0);
+    uint64_t one = 1;
+    ssize_t r = write(w->notify_fd, &one, sizeof one);
+    (void)r;
 }
 
 void worker_join_free(struct worker *w)
@@ -317,6 +346,8 @@ void worker_join_free(struct worker *w)
     self = NULL;
     if (w->notify)
         event_free(w->notify);
+    if (w->notify_fd >= 0)
+        close(w->notify_fd);
     if (w->dns)
         evdns_base_free(w->dns, 1);
     if (w->base)

@@ -67,7 +67,8 @@ struct worker {
     pthread_t thread;
     struct event_base *base;
     struct evdns_base *dns;
-    struct event *notify;
+    struct event *notify;       /* reads notify_fd */
+    int notify_fd;              /* eventfd written by worker_notify */
     atomic_int commands;        /* enum worker_command bits, set by worker_notify */
     struct listener *listeners; /* linked list */
     struct worker_snapshot *current;
@@ -113,6 +114,12 @@ uint64_t worker_random(struct worker *w);
 /* Called by codecs when a client connection opens or closes. */
 void worker_conn_added(struct worker *w, struct client_conn *c);
 void worker_conn_removed(struct worker *w, struct client_conn *c);
+
+/*
+ * Unlinks `c` without counting a closed connection: its socket lives on in
+ * another codec that linked itself already (a finished TLS handshake).
+ */
+void worker_conn_detach(struct worker *w, struct client_conn *c);
 
 /* The worker of the calling thread, or NULL on the main thread. */
 struct worker *worker_self(void);

@@ -191,15 +191,17 @@ def test_default_config_is_sluice_json_in_cwd(tmp_path):
     assert p.stdout.decode().strip() == "configuration ok"
 
 
-def test_tls_listener_not_available(tmp_path):
+def test_tls_listener_with_missing_files(tmp_path):
     cfg = good_config()
     cfg["listen"][0]["tls"] = {"certificates": [{"cert": "a.pem", "key": "a.key"}]}
     write(tmp_path, cfg)
     p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
     assert p.returncode == 1, p
     err = lines(p.stderr)
-    assert any(l.startswith("sluice.json: listen[0]") and "not available in this version" in l
-               for l in err), err
+    assert ("sluice.json: listen[0].tls.certificates[0].cert: cannot load a.pem: "
+            "No such file or directory") in err, err
+    assert ("sluice.json: listen[0].tls.certificates[0].key: cannot load a.key: "
+            "No such file or directory") in err, err
 
 
 def test_jwt_filter_not_available(tmp_path):

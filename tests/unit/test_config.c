@@ -134,7 +134,8 @@ static void test_full(void)
         "    \"_comment\": \"names starting with _ are comments\",\n"
         "    \"users\": {\"targets\": [\"users:8080\", {\"address\": \"[::1]:9000\", "
         "\"weight\": 3}],\n"
-        "              \"balance\": \"header:X-User\", \"health_check\": {\"path\": \"/hz\"}},\n"
+        "              \"balance\": \"header:X-User\", \"health_check\": {\"path\": \"/hz\"},\n"
+        "              \"protocol\": \"h2\"},\n"
         "    \"orders\": {\"targets\": [\"10.0.0.1:80\"], \"keepalive\": 0, \"retries\": 0,\n"
         "               \"protocol\": \"http/1.1\"}\n"
         "  },\n"
@@ -193,6 +194,7 @@ static void test_full(void)
         is_int(u->health.timeout_ms, 1000);
         is_int(u->health.unhealthy_after, 3);
         is_int(u->health.healthy_after, 2);
+        is_int(u->protocol, UPSTREAM_H2);
     }
     u = config_upstream(s, "orders");
     ok(u && u->index == 1, "orders is upstream 1");
@@ -200,6 +202,7 @@ static void test_full(void)
         is_int(u->keepalive, 0);
         is_int(u->retries, 0);
         is_int(u->balance, BALANCE_ROUND_ROBIN);
+        is_int(u->protocol, UPSTREAM_HTTP1);
         ok(!u->health.enabled, "no health check");
         is_int(u->health.interval_ms, 5000);
     }
@@ -391,13 +394,12 @@ static void test_not_available(void)
 {
     EXPECT("{\"listen\": [{\"address\": \"0.0.0.0:8443\", \"tls\": {}}, "
            "{\"address\": \"0.0.0.0:8080\", \"protocols\": [\"h2c\", \"http/1.1\", \"spdy\"]}], "
-           "\"upstreams\": {\"g\": {\"targets\": [\"g:1\"], \"tls\": {}, \"protocol\": \"h2\"}}, "
+           "\"upstreams\": {\"g\": {\"targets\": [\"g:1\"], \"tls\": {}, \"protocol\": \"h3\"}}, "
            "\"routes\": [{\"upstream\": \"g\"}]}",
-           "listen[0].tls: TLS listeners are not available in this version",
-           "listen[1].protocols[0]: HTTP/2 is not available in this version",
-           "listen[1].protocols[2]: unknown protocol \"spdy\" (expected one of: http/1.1)",
-           "upstreams.g.tls: TLS to upstreams is not available in this version",
-           "upstreams.g.protocol: HTTP/2 is not available in this version");
+           "listen[0].tls.certificates: missing: list at least one certificate, e.g. "
+           "[{\"cert\": \"certs/api.pem\", \"key\": \"certs/api.key\"}]",
+           "listen[1].protocols[2]: unknown protocol \"spdy\" (expected one of: http/1.1, h2c)",
+           "upstreams.g.protocol: unknown protocol \"h3\" (expected one of: http/1.1, h2)");
 }
 
 static void test_filter_errors(void)

@@ -200,6 +200,7 @@ int main(void)
     sent_body = evbuffer_new();
     struct worker *w = calloc(1, sizeof *w);
     w->base = event_base_new();
+    w->notify_fd = -1;
     w->rng[0] = 1;
     w->rng[1] = 2;
 

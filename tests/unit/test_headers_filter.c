@@ -191,7 +191,7 @@ static void test_errors(void)
                " \"response\": {\"remove\": \"server\", \"add\": {\"x-r\": \"${consumer}\"}}}");
     ok(f == NULL, "invalid options rejected");
     ok(has_error("routes[0].filters[1].request.set[\"x-foo\"]: unknown variable ${remote} (valid: "
-                 "remote_addr, request_id, consumer, host, route)"),
+                 "remote_addr, request_id, consumer, host, route, client_subject)"),
        "unknown variable");
     ok(has_error("routes[0].filters[1].request.set[\"x-foo\"]: unknown variable ${nope}"),
        "second unknown variable");
