@@ -20,6 +20,71 @@
  */
 #define CONN_READ_SIZE (64 * 1024)
 
+/*
+ * While the input is empty and reads are small (requests, small responses),
+ * a read goes into this much stack and is then copied into the evbuffer: a
+ * small chain comes from malloc's fast path, whereas reserving
+ * CONN_READ_SIZE of evbuffer space costs a large allocation and free per
+ * request. A read that fills it switches the connection to reserved reads.
+ */
+#define CONN_SMALL_READ (16 * 1024)
+
+/* Evbuffers lent by idle connections, per thread (conn_release_buffers). */
+#define CONN_POOL 128
+static _Thread_local struct evbuffer *pool[CONN_POOL];
+static _Thread_local int pool_count;
+
+static struct evbuffer *borrow(void)
+{
+    return pool_count ? pool[--pool_count] : evbuffer_new();
+}
+
+static void lend(struct evbuffer *b)
+{
+    if (pool_count < CONN_POOL)
+        pool[pool_count++] = b;
+    else
+        evbuffer_free(b);
+}
+
+void conn_release_buffers(struct conn *c)
+{
+    if (c->ssl || !c->in || !c->out || evbuffer_get_length(c->in) || evbuffer_get_length(c->out))
+        return;
+    lend(c->in);
+    lend(c->out);
+    c->in = c->out = NULL;
+}
+
+void conn_thread_cleanup(void)
+{
+    while (pool_count)
+        evbuffer_free(pool[--pool_count]);
+}
+
+/* Reads into a stack buffer and copies: see CONN_SMALL_READ. */
+static void read_small(struct conn *c, int fd)
+{
+    char buf[CONN_SMALL_READ];
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        c->events->on_error(c, errno);
+        return;
+    }
+    if (n > 0 && evbuffer_add(c->in, buf, (size_t)n) < 0) {
+        c->events->on_error(c, ENOMEM);
+        return;
+    }
+    c->bulk = n == (ssize_t)sizeof buf;
+    if (n == 0) {
+        c->eof = true;
+        conn_read_enable(c, false);
+    }
+    c->events->on_read(c);
+}
+
 /* TLS output smaller than one record is pulled together so it goes as one record. */
 #define CONN_TLS_RECORD (16 * 1024)
 
@@ -258,8 +323,23 @@ static void tls_on_write(struct conn *c)
 static void on_read_ready(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
+    if (!c->in || !c->out) {
+        /* An idle connection lent its buffers out; borrow a pair back. */
+        if (!c->in)
+            c->in = borrow();
+        if (!c->out)
+            c->out = borrow();
+        if (!c->in || !c->out) {
+            c->events->on_error(c, ENOMEM);
+            return;
+        }
+    }
     if (c->ssl) {
         tls_on_read(c);
+        return;
+    }
+    if (!c->bulk && evbuffer_get_length(c->in) == 0) {
+        read_small(c, fd);
         return;
     }
     struct evbuffer_iovec vec[2];
@@ -289,6 +369,8 @@ static void on_read_ready(evutil_socket_t fd, short what, void *arg)
         left -= vec[i].iov_len;
     }
     evbuffer_commit_space(c->in, vec, nvec);
+    if (n < CONN_SMALL_READ)
+        c->bulk = false;
     if (n == 0) {
         c->eof = true;
         /* A closed peer keeps the socket readable: stop polling it. */
@@ -349,6 +431,7 @@ static int setup(struct conn *c, struct event_base *base, int fd, const struct c
     c->reading = false;
     c->connecting = false;
     c->write_wait = false;
+    c->bulk = false;
     c->connect_err = 0;
     c->handshaking = false;
     c->tls_hs_write = c->tls_read_write = c->tls_write_read = false;
@@ -443,7 +526,7 @@ int conn_flush(struct conn *c)
         return -1;
     if (c->connecting || c->write_wait)
         return 0; /* the write event will carry on */
-    if (evbuffer_get_length(c->out) == 0)
+    if (!c->out || evbuffer_get_length(c->out) == 0)
         return 0;
     if (c->ssl) {
         if (c->handshaking)

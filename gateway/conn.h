@@ -61,6 +61,7 @@ struct conn {
     bool reading;    /* the read event is registered */
     bool connecting; /* a non-blocking connect is in progress */
     bool write_wait; /* the write event is registered */
+    bool bulk;       /* the last read filled the small-read buffer: read big */
     int connect_err; /* a connect that failed at once, reported from the loop */
     /* TLS: everything below is unused (NULL, false, 0) on plain connections. */
     struct ssl_st *ssl;      /* owned: freed by conn_close */
@@ -110,6 +111,18 @@ void conn_read_enable(struct conn *c, bool on);
  * owner should close; on_error is not called for this).
  */
 int conn_flush(struct conn *c);
+
+/*
+ * Lends an idle connection's empty in/out evbuffers back to the thread's
+ * pool (plain connections only; a TLS one keeps its own). The next readable
+ * event borrows a pair again before reading, so owners see c->in and c->out
+ * as usual in every callback. An idle keep-alive connection then costs no
+ * buffers at all. Does nothing if either buffer holds bytes.
+ */
+void conn_release_buffers(struct conn *c);
+
+/* Frees the calling thread's pooled evbuffers (at thread exit). */
+void conn_thread_cleanup(void);
 
 /*
  * Starts a server-side TLS handshake on an open connection (conn_open),

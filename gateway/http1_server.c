@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "conn.h"
+#include "deadline.h"
 #include "exchange.h"
 #include "http1_parse.h"
 #include "http2_server.h"
@@ -36,10 +37,15 @@ struct h1_conn {
     struct conn *conn; /* adopted: this codec owns and frees it */
     struct exchange_side side;
     struct worker *w;
-    struct sockaddr_storage peer;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } peer; /* 28 bytes, not a 128-byte sockaddr_storage: idle connections add up */
     char remote_addr[INET6_ADDRSTRLEN]; /* the peer IP as text, made once */
     struct exchange *x;
-    struct event *timer;
+    struct deadline timeout; /* header, idle, body or linger timeout */
+    struct deadline kick;    /* deferred work: pipelined input, a failed write, an abort */
     enum h1_state state;
     unsigned requests;
     int busy;              /* nested callbacks into the exchange; free only at 0 */
@@ -85,8 +91,18 @@ static const struct limits_config *limits(struct h1_conn *h)
 
 static void arm_timer(struct h1_conn *h, int ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    event_add(h->timer, &tv);
+    deadline_arm(h->w->deadlines, &h->timeout, ms);
+}
+
+/* Runs on_timer's logic from the loop (the exchange may be on the stack now). */
+static void kick(struct h1_conn *h)
+{
+    deadline_defer(h->w->deadlines, &h->kick);
+}
+
+static void stop_timer(struct h1_conn *h)
+{
+    deadline_cancel(&h->timeout);
 }
 
 /* ---- lifetime ------------------------------------------------------------ */
@@ -94,8 +110,8 @@ static void arm_timer(struct h1_conn *h, int ms)
 static void destroy(struct h1_conn *h)
 {
     conn_free(h->conn);
-    if (h->timer)
-        event_free(h->timer);
+    deadline_cancel(&h->timeout);
+    deadline_cancel(&h->kick);
     if (h->handed_off)
         worker_conn_detach(h->w, &h->link); /* the connection lives on in http2_server */
     else
@@ -118,7 +134,7 @@ static void close_now(struct h1_conn *h)
     }
     h->dead = true;
     conn_close(h->conn);
-    event_del(h->timer);
+    stop_timer(h);
 }
 
 /* Ends a callback section: frees the connection if it died inside. Returns false then. */
@@ -128,6 +144,8 @@ static bool leave(struct h1_conn *h)
         destroy(h);
         return false;
     }
+    if (h->busy == 0 && !h->dead && h->state == H1_IDLE && !deadline_pending(&h->kick))
+        conn_release_buffers(h->conn); /* see h1_send_end */
     return !h->dead;
 }
 
@@ -285,7 +303,7 @@ static void flush_or_fail(struct h1_conn *h)
         h->write_failed = true;
         h->close_after = true;
         h->keepalive = false;
-        event_active(h->timer, EV_TIMEOUT, 0);
+        kick(h);
     }
 }
 
@@ -339,9 +357,16 @@ static void h1_send_end(struct exchange *x)
     if (evbuffer_get_length(h->conn->in) > 0 || h->conn->eof) {
         /* Pipelined input: parse it from the loop, not from inside the exchange. */
         h->want_process = true;
-        event_active(h->timer, EV_TIMEOUT, 0);
+        kick(h);
     } else {
         arm_timer(h, limits(h)->idle_timeout_ms);
+        /*
+         * Idle keep-alive connections hold no buffers (borrowed back on the
+         * next read). Only when none of our callbacks is on the stack: one
+         * may still look at the input; leave() releases them then.
+         */
+        if (h->busy == 0)
+            conn_release_buffers(h->conn);
     }
 }
 
@@ -352,7 +377,7 @@ static void h1_pause_body(struct exchange *x, bool pause)
     conn_read_enable(h->conn, !pause);
     if (!pause && evbuffer_get_length(h->conn->in) > 0) {
         h->want_process = true;
-        event_active(h->timer, EV_TIMEOUT, 0);
+        kick(h);
     }
 }
 
@@ -372,7 +397,7 @@ static void h1_abort(struct exchange *x)
     evbuffer_drain(h->conn->out, evbuffer_get_length(h->conn->out));
     h->state = H1_CLOSING;
     h->shut = true;
-    event_active(h->timer, EV_TIMEOUT, 0);
+    kick(h);
 }
 
 static void h1_send_continue(struct exchange *x)
@@ -423,7 +448,7 @@ static void respond_and_close(struct h1_conn *h, struct exchange *x, int status,
 static struct exchange *new_exchange(struct h1_conn *h)
 {
     struct exchange *x = exchange_new(h->w, &h->side);
-    x->peer = h->peer;
+    memcpy(&x->peer, &h->peer, sizeof h->peer);
     memcpy(x->remote_addr, h->remote_addr, sizeof x->remote_addr);
     x->protocol = XPROTO_HTTP11;
     x->tls = h->tls;
@@ -503,7 +528,7 @@ static bool read_body(struct h1_conn *h)
     }
     if (h->body_done) {
         x->req_body_done = true;
-        event_del(h->timer);
+        stop_timer(h);
     } else if (!h->body_paused) {
         arm_timer(h, limits(h)->body_timeout_ms);
     }
@@ -586,7 +611,7 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
         if (h->x != x)
             return;
     } else {
-        event_del(h->timer);
+        stop_timer(h);
     }
     exchange_start(x);
     /* The exchange may have ended (h->x NULL) or be waiting; body bytes may already be here. */
@@ -646,13 +671,15 @@ static int try_h2c(struct h1_conn *h)
         return -1;
     if (look < plen)
         return h->conn->eof ? -1 : 0;
-    if (http2_server_adopt(h->w, h->conn, &h->peer, h->flags) < 0)
+    struct sockaddr_storage peer = {0};
+    memcpy(&peer, &h->peer, sizeof h->peer);
+    if (http2_server_adopt(h->w, h->conn, &peer, h->flags) < 0)
         return -1;
     /* The conn is http2_server's now: free only this struct, via leave(). */
     h->conn = NULL;
     h->handed_off = true;
     h->dead = true;
-    event_del(h->timer);
+    stop_timer(h);
     return 1;
 }
 
@@ -729,9 +756,8 @@ static void on_error(struct conn *c, int err)
     leave(h);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+static void on_timer(struct h1_conn *h)
 {
-    struct h1_conn *h = arg;
     if (h->want_process) {
         h->want_process = false;
         process(h);
@@ -777,6 +803,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     leave(h);
 }
 
+static void on_timeout(struct deadline *d)
+{
+    on_timer((struct h1_conn *)((char *)d - offsetof(struct h1_conn, timeout)));
+}
+
+static void on_kick(struct deadline *d)
+{
+    on_timer((struct h1_conn *)((char *)d - offsetof(struct h1_conn, kick)));
+}
+
 /* ---- worker hooks ------------------------------------------------------------ */
 
 static void on_drain(struct client_conn *link)
@@ -812,7 +848,7 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
         return -1;
     h->w = w;
     h->side.ops = &h1_ops;
-    h->peer = *peer;
+    memcpy(&h->peer, peer, peer->ss_family == AF_INET6 ? sizeof h->peer.in6 : sizeof h->peer.in);
     if (peer->ss_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, h->remote_addr,
                   sizeof h->remote_addr);
@@ -825,11 +861,8 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->body_done = true;
     h->link.on_drain = on_drain;
     h->link.on_stop = on_stop;
-    h->timer = event_new(w->base, -1, 0, on_timer, h);
-    if (!h->timer) {
-        free(h);
-        return -1;
-    }
+    deadline_init(&h->timeout, on_timeout);
+    deadline_init(&h->kick, on_kick);
     if (c->ssl)
         h->client_subject = tls_peer_subject(c->ssl);
     h->conn = c;
@@ -841,7 +874,7 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     /* Bytes may already be buffered (a TLS handshake or a codec read them). */
     if (evbuffer_get_length(c->in) > 0) {
         h->want_process = true;
-        event_active(h->timer, EV_TIMEOUT, 0);
+        kick(h);
     }
     return 0;
 }

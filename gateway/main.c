@@ -24,6 +24,7 @@
 #include "admin.h"
 #include "arena.h"
 #include "config.h"
+#include "conn.h"
 #include "log.h"
 #include "metrics.h"
 #include "upstream.h"
@@ -310,6 +311,7 @@ int main(int argc, char **argv)
     upstream_health_table_free();
     metrics_free();
     arena_thread_cleanup();
+    conn_thread_cleanup();
     event_base_free(g.base);
     libevent_global_shutdown();
     return status;

@@ -13,6 +13,8 @@
 
 #include "arena.h"
 #include "config.h"
+#include "conn.h"
+#include "deadline.h"
 #include "http1_server.h"
 #include "listener.h"
 #include "log.h"
@@ -272,7 +274,8 @@ struct worker *worker_new(int id, struct snapshot *s)
     w->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->notify_fd >= 0)
         w->notify = event_new(w->base, w->notify_fd, EV_PERSIST | EV_READ, on_notify, w);
-    if (!w->dns || !w->notify)
+    w->deadlines = deadlines_new(w->base);
+    if (!w->dns || !w->notify || !w->deadlines)
         goto fail;
     event_add(w->notify, NULL);
     if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
@@ -303,6 +306,7 @@ static void *worker_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     event_base_dispatch(w->base);
     arena_thread_cleanup();
+    conn_thread_cleanup();
     atomic_store(&w->exited, true);
     return NULL;
 }
@@ -344,6 +348,7 @@ void worker_join_free(struct worker *w)
     if (w->current)
         view_free(w->current);
     self = NULL;
+    deadlines_free(w->deadlines);
     if (w->notify)
         event_free(w->notify);
     if (w->notify_fd >= 0)

@@ -29,6 +29,7 @@ struct listener;
 struct snapshot;
 struct upstream_rt;
 struct client_conn;
+struct deadlines;
 
 /*
  * The part of every client connection the worker sees, whatever its codec:
@@ -67,10 +68,11 @@ struct worker {
     pthread_t thread;
     struct event_base *base;
     struct evdns_base *dns;
-    struct event *notify;       /* reads notify_fd */
-    int notify_fd;              /* eventfd written by worker_notify */
-    atomic_int commands;        /* enum worker_command bits, set by worker_notify */
-    struct listener *listeners; /* linked list */
+    struct deadlines *deadlines; /* connection timeouts and deferred work */
+    struct event *notify;        /* reads notify_fd */
+    int notify_fd;               /* eventfd written by worker_notify */
+    atomic_int commands;         /* enum worker_command bits, set by worker_notify */
+    struct listener *listeners;  /* linked list */
     struct worker_snapshot *current;
     struct worker_snapshot *old; /* views still held by exchanges */
     struct client_conn *conns;   /* open client connections, linked */
