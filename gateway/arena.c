@@ -50,7 +50,9 @@ struct arena {
 #else
 #define ARENA_CACHE 1
 #endif
-static _Thread_local struct arena *spare;
+#define ARENA_SPARES 8
+static _Thread_local struct arena *spare[ARENA_SPARES];
+static _Thread_local int num_spare;
 
 static _Noreturn void out_of_memory(size_t n)
 {
@@ -80,9 +82,9 @@ struct arena *arena_new(size_t first_block)
     size_t size = round_up(first_block < BLOCK_MIN ? BLOCK_MIN : first_block);
     if (size > SIZE_MAX - sizeof(struct arena))
         out_of_memory(size);
-    struct arena *a = spare;
+    struct arena *a = num_spare ? spare[num_spare - 1] : NULL;
     if (a && a->first_size == size) {
-        spare = NULL;
+        num_spare--;
     } else {
         a = malloc(sizeof(struct arena) + size);
         if (!a)
@@ -114,8 +116,8 @@ void arena_free(struct arena *a)
         free(b);
         b = next;
     }
-    if (ARENA_CACHE && !spare) {
-        spare = a;
+    if (ARENA_CACHE && num_spare < ARENA_SPARES) {
+        spare[num_spare++] = a;
         return;
     }
     free(a);
@@ -123,8 +125,8 @@ void arena_free(struct arena *a)
 
 void arena_thread_cleanup(void)
 {
-    free(spare);
-    spare = NULL;
+    while (num_spare)
+        free(spare[--num_spare]);
 }
 
 /* Slow path: the current block cannot hold `size` (already rounded) bytes. */

@@ -47,6 +47,21 @@ static void lend(struct evbuffer *b)
         evbuffer_free(b);
 }
 
+struct evbuffer *conn_buffer_get(void)
+{
+    return borrow();
+}
+
+void conn_buffer_put(struct evbuffer *b)
+{
+    if (!b)
+        return;
+    if (evbuffer_get_length(b))
+        evbuffer_free(b);
+    else
+        lend(b);
+}
+
 void conn_release_buffers(struct conn *c)
 {
     if (c->ssl || !c->in || !c->out || evbuffer_get_length(c->in) || evbuffer_get_length(c->out))

@@ -121,6 +121,14 @@ int conn_flush(struct conn *c);
  */
 void conn_release_buffers(struct conn *c);
 
+/*
+ * An empty evbuffer from the thread's pool (or a new one); NULL on OOM.
+ * conn_buffer_put gives one back: it must have no callbacks left; one that
+ * still holds bytes is freed rather than pooled.
+ */
+struct evbuffer *conn_buffer_get(void);
+void conn_buffer_put(struct evbuffer *b);
+
 /* Frees the calling thread's pooled evbuffers (at thread exit). */
 void conn_thread_cleanup(void);
 

@@ -8,6 +8,7 @@
 
 #include "accesslog.h"
 #include "config.h"
+#include "conn.h"
 #include "metrics.h"
 #include "proxy.h"
 #include "worker.h"
@@ -26,7 +27,7 @@ static int64_t now_us(void)
 
 static void on_arena_free_body(void *arg)
 {
-    evbuffer_free(arg);
+    conn_buffer_put(arg);
 }
 
 struct exchange *exchange_new(struct worker *worker, struct exchange_side *client)
@@ -44,7 +45,7 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
     header_list_init(&x->req_headers, a, 0);
     header_list_init(&x->resp_headers, a, 16);
     header_list_init(&x->resp_trailers, a, 0);
-    x->req_body = evbuffer_new();
+    x->req_body = conn_buffer_get(); /* pooled: no allocation per request */
     if (!x->req_body) {
         fprintf(stderr, "sluice: out of memory\n");
         abort();

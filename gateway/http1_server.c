@@ -42,7 +42,6 @@ struct h1_conn {
         struct sockaddr_in in;
         struct sockaddr_in6 in6;
     } peer; /* 28 bytes, not a 128-byte sockaddr_storage: idle connections add up */
-    char remote_addr[INET6_ADDRSTRLEN]; /* the peer IP as text, made once */
     struct exchange *x;
     struct deadline timeout; /* header, idle, body or linger timeout */
     struct deadline kick;    /* deferred work: pipelined input, a failed write, an abort */
@@ -445,11 +444,39 @@ static void respond_and_close(struct h1_conn *h, struct exchange *x, int status,
     exchange_reply(x);
 }
 
+/*
+ * The peer's address as text, per request. IPv4 is formatted by hand:
+ * inet_ntop costs about as much as the rest of the request's bookkeeping,
+ * and keeping the text per connection would cost 48 bytes of every idle
+ * keep-alive connection.
+ */
+static void format_peer(const struct sockaddr *sa, char out[INET6_ADDRSTRLEN])
+{
+    if (sa->sa_family != AF_INET) {
+        if (!inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                       INET6_ADDRSTRLEN))
+            out[0] = '\0';
+        return;
+    }
+    const unsigned char *b =
+        (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = i < 3 ? '.' : '\0';
+    }
+}
+
 static struct exchange *new_exchange(struct h1_conn *h)
 {
     struct exchange *x = exchange_new(h->w, &h->side);
     memcpy(&x->peer, &h->peer, sizeof h->peer);
-    memcpy(x->remote_addr, h->remote_addr, sizeof x->remote_addr);
+    format_peer(&h->peer.sa, x->remote_addr);
     x->protocol = XPROTO_HTTP11;
     x->tls = h->tls;
     if (h->client_subject) {
@@ -849,12 +876,6 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->w = w;
     h->side.ops = &h1_ops;
     memcpy(&h->peer, peer, peer->ss_family == AF_INET6 ? sizeof h->peer.in6 : sizeof h->peer.in);
-    if (peer->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, h->remote_addr,
-                  sizeof h->remote_addr);
-    else if (peer->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, h->remote_addr,
-                  sizeof h->remote_addr);
     h->tls = flags & LISTEN_TLS;
     h->flags = flags;
     h->fresh = true;

@@ -156,8 +156,7 @@ void proxy_cancel(struct exchange *x)
     }
     if (p->replay)
         evbuffer_free(p->replay);
-    if (p->out)
-        evbuffer_free(p->out);
+    conn_buffer_put(p->out);
     p->replay = p->out = NULL;
 }
 
@@ -422,7 +421,7 @@ void proxy_start(struct exchange *x)
     /* The timer lives in the arena: no malloc per request. */
     p->timer = arena_alloc(x->arena, event_get_struct_event_size());
     event_assign(p->timer, x->worker->base, -1, 0, on_timer, p);
-    p->out = evbuffer_new();
+    p->out = conn_buffer_get();
     if (x->req_has_body)
         p->replay = evbuffer_new();
     arena_cleanup_add(x->arena, on_cleanup, x);

@@ -49,13 +49,14 @@ WORKLOADS = [
          path="/1m", conns=10, body=1048576),
     dict(id="post1m", label="1 MiB POST, -c10", proto="h1", method="POST",
          path="/post", conns=10, body=2),
-    dict(id="h2small", label="HTTP/2 small GET (h2c), -c50 -m10", proto="h2",
-         method="GET", path="/small", conns=50, streams=10, body=2),
+    dict(id="h2small", label="HTTP/2 small GET (h2c), h2load -c10 -m5", proto="h2",
+         method="GET", path="/small", conns=10, streams=5, body=2),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
-INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post1m": (200, 20)}
-SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000}
+INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post1m": (200, 20),
+                "h2small": (2000, 200)}
+SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000, "h2small": 20000}
 
 
 class BenchError(Exception):
@@ -484,6 +485,10 @@ class Bench:
                 log(f"sluice rejects an h2c listener ({self.h2_sluice[1]}): HTTP/2 row is n/a")
         return self.h2_sluice[0]
 
+    def countable(self, wl, target):
+        """False only for sluice on the HTTP/2 workload while it has no h2c listener."""
+        return not (wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported())
+
     # ---- one throughput cell
     def cell(self, rnd, wl, target):
         row = dict(round=rnd, workload=wl["id"], target=target, status="ok", rps="", p50_ms="",
@@ -587,21 +592,31 @@ class Bench:
                     cpu_us_per_req=round(1e6 * cpu_s / done, 2))
 
     # ---- fixed-count cells
-    def h1load_fixed(self, port, wl, n, raw, timeout):
+    def load_fixed(self, port, wl, n, raw, timeout):
+        """Exactly n requests: HTTP/1.1 keep-alive (h2load --h1 -c10) for the h1
+        workloads; h2c with prior knowledge and the workload's own -c/-m
+        (h2load -c10 -m5) for the HTTP/2 one."""
         url = f"http://127.0.0.1:{port}{wl['path']}"
-        argv = ["h2load", "--h1", "-t1", f"-n{n}", f"-c{min(10, n)}"]
+        if wl["proto"] == "h2":
+            argv = ["h2load", "-t1", f"-n{n}", f"-c{min(wl['conns'], n)}", f"-m{wl['streams']}"]
+        else:
+            argv = ["h2load", "--h1", "-t1", f"-n{n}", f"-c{min(10, n)}"]
         if wl["method"] == "POST":
             argv += ["-d", os.path.join(self.tmp, "post.bin")]
         rc, out = run(argv + [url], timeout, self.lcpu, raw)
         req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
         st = re.search(r"status codes: (\d+) 2xx", out)
-        if rc != 0 or not req or int(req.group(4)) != n or not st or int(st.group(1)) != n:
-            raise BenchError(f"h2load --h1 -n{n}: exit {rc}: "
+        proto_ok = wl["proto"] != "h2" or "Application protocol: h2c" in out
+        if rc != 0 or not req or int(req.group(4)) != n or not st or int(st.group(1)) != n or not proto_ok:
+            what = f"h2load h2c -c{wl['conns']} -m{wl['streams']}" if wl["proto"] == "h2" else "h2load --h1"
+            raise BenchError(f"{what} -n{n}: exit {rc}: "
+                             + ("" if proto_ok else "not h2c; ")
                              + (req.group(0) if req else out.strip()[-200:])
                              + (f"; {st.group(0)}" if st else ""))
 
     def instructions(self, wl, target):
         n_full, n_base = INSTR_COUNTS[wl["id"]]
+        h2 = wl["proto"] == "h2"
         if self.a.quick:
             n_full, n_base = n_full // 2, n_base // 2
         irefs = {}
@@ -610,9 +625,9 @@ class Bench:
             vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
             if os.path.exists(vlog):
                 os.unlink(vlog)
-            p, port = self.start_target(target, valgrind=vlog, tag=tag)
+            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag)
             try:
-                self.h1load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
+                self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
                                   timeout=300)
             finally:
                 rc = self.stop_target(p, timeout=60)
@@ -633,11 +648,11 @@ class Bench:
             n //= 2
         tag = f"-sys-{wl['id']}"
         logs = os.path.join(self.out, "logs")
-        p, port = self.start_target(target, tag=tag)
+        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag)
         tracer = None
         try:
             # warm the upstream pool first, then attach to the process tree
-            self.h1load_fixed(port, wl, 200 if n >= 10000 else 20, os.path.join(logs, f"{target}{tag}-warm.txt"), 60)
+            self.load_fixed(port, wl, 200 if n >= 10000 else 20, os.path.join(logs, f"{target}{tag}-warm.txt"), 60)
             pids = ",".join(str(x) for x in p.tree())
             out = os.path.join(logs, f"{target}{tag}.trace.txt")
             if self.a.syscall_tool == "perf":
@@ -650,7 +665,7 @@ class Bench:
             time.sleep(1.5)  # attach
             if not tracer.alive():
                 raise BenchError(f"{argv[0]} exited: {tail(tracer.logpath)}")
-            self.h1load_fixed(port, wl, n, os.path.join(logs, f"{target}{tag}.h2load.txt"), 120)
+            self.load_fixed(port, wl, n, os.path.join(logs, f"{target}{tag}.h2load.txt"), 120)
             time.sleep(0.2)
             tracer.stop(sig=signal.SIGINT, timeout=30)
             tracer = None
@@ -715,13 +730,12 @@ class Bench:
                             f"  p99 {row['p99_ms']} ms  cpu {row['cpu_pct']}%")
                     else:
                         log(f"r{rnd} {wl['id']:8} {target:8} {row['status']}")
-        h1 = [w for w in wls if w["proto"] == "h1"]
         if not a.no_instr:
             log("instructions per request (cachegrind, fixed request count, baseline subtracted)")
-            for wl in h1:
+            for wl in wls:
                 for target in [t for t in targets if t != "direct"]:
                     try:
-                        v = self.instructions(wl, target)
+                        v = self.instructions(wl, target) if self.countable(wl, target) else "n/a"
                     except BenchError as e:
                         v = "error"
                         self.notes.append(f"{target} / instructions / {wl['label']}: {e}")
@@ -729,10 +743,10 @@ class Bench:
                     log(f"  {wl['id']:8} {target:8} {v} instr/req")
         if not a.no_syscalls:
             log(f"syscalls per request ({a.syscall_tool}, fixed request count)")
-            for wl in h1:
+            for wl in wls:
                 for target in [t for t in targets if t != "direct"]:
                     try:
-                        v = self.syscalls(wl, target)
+                        v = self.syscalls(wl, target) if self.countable(wl, target) else "n/a"
                     except BenchError as e:
                         v = "error"
                         self.notes.append(f"{target} / syscalls / {wl['label']}: {e}")

@@ -86,9 +86,121 @@ def summarise(b):
     return rows
 
 
+# --------------------------------------------------------------------------
+# targets of the performance issue: sluice against the peers
+# --------------------------------------------------------------------------
+
+PEERS = ("nginx", "haproxy")
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def targets(b, rows):
+    """One dict per target: text, peer (column it belongs to, or None), short,
+    sluice/ref values, ratio, op/limit (None = informational), result."""
+    cells = {(s["workload"], s["target"]): s for s in rows}
+
+    def val(wl, t, key):
+        return _num((cells.get((wl, t)) or {}).get(key))
+
+    out = []
+
+    def add(text, wl, key, peer, op, limit, short, unit="", ref_label=None):
+        sv, rv = val(wl, "sluice", key), (val(wl, peer, key) if peer else None)
+        ratio = sv / rv if sv is not None and rv else None
+        if op is None:
+            res = "info"
+        elif ratio is None:
+            res = "n/a"
+        else:
+            res = "PASS" if (ratio <= limit if op == "<=" else ratio >= limit) else "MISS"
+        out.append(dict(text=text, workload=wl, metric=key, peer=peer, short=short, unit=unit,
+                        sluice=sv, ref=rv, ref_label=ref_label or TARGET_NAMES.get(peer, "—"),
+                        ratio=ratio, op=op, limit=limit, result=res))
+
+    def best(wl, key, lowest):
+        have = [(val(wl, p, key), p) for p in PEERS if val(wl, p, key) is not None]
+        if not have:
+            return None
+        return (min if lowest else max)(have)[1]
+
+    wls = set(b.a.workloads)
+    if "small" in wls:
+        for p in PEERS:
+            add(f"small GET: CPU µs/req vs {TARGET_NAMES[p]}", "small", "cpu_us_per_req", p, "<=", 0.77, "CPU/req")
+        for p in PEERS:
+            add(f"small GET: req/s vs {TARGET_NAMES[p]}", "small", "rps", p, None, None, "req/s")
+        cpu = val("small", "sluice", "cpu_pct")
+        out[-1]["text"] += f" (sluice proxy CPU {fmt(cpu, 1)} %)"
+        out[-2]["text"] += f" (sluice proxy CPU {fmt(cpu, 1)} %)"
+        add("syscalls per small GET vs nginx", "small", "syscalls_per_req", "nginx", "<=", 0.8, "syscalls")
+        p = best("small", "instr_per_req", lowest=True)
+        add("instructions per small GET vs the lowest of nginx and HAProxy", "small", "instr_per_req",
+            p, "<=", 0.8, "instr", ref_label=f"{TARGET_NAMES.get(p, '—')} (lowest)")
+    if "16k" in wls:
+        add("16 KiB GET: req/s vs nginx", "16k", "rps", "nginx", ">=", 1.2, "req/s")
+        add("16 KiB GET: CPU µs/req vs nginx", "16k", "cpu_us_per_req", "nginx", None, None, "CPU/req")
+    if "1m" in wls:
+        add("1 MiB GET: CPU µs/req vs nginx", "1m", "cpu_us_per_req", "nginx", "<=", 0.9, "CPU/req")
+    if "post1m" in wls:
+        add("1 MiB POST: CPU µs/req vs nginx", "post1m", "cpu_us_per_req", "nginx", "<=", 0.9, "CPU/req")
+    if b.idle and "sluice" in b.idle:
+        r = b.idle["sluice"]
+        v = None if "error" in r else _num(r.get("kib_per_conn"))
+        out.append(dict(text="idle keep-alive RSS per connection (KiB, absolute)", workload="idle",
+                        metric="kib_per_conn", peer=None, short="KiB/conn", unit=" KiB", sluice=v,
+                        ref=0.75, ref_label="limit", ratio=v, op="<=", limit=0.75,
+                        result="n/a" if v is None else ("PASS" if v <= 0.75 else "MISS")))
+    if "h2small" in wls:
+        p = best("h2small", "rps", lowest=False)
+        add("HTTP/2 small GET: req/s vs the best peer", "h2small", "rps", p, ">=", 1.1, "req/s",
+            ref_label=f"{TARGET_NAMES.get(p, '—')} (best req/s)")
+        p = best("h2small", "instr_per_req", lowest=True)
+        add("HTTP/2 small GET: instructions/req vs the best peer", "h2small", "instr_per_req", p,
+            "<=", 1.0, "instr", ref_label=f"{TARGET_NAMES.get(p, '—')} (lowest instr/req)")
+    return out
+
+
+def _ratio(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def target_lines(tg):
+    L = ["### Targets (sluice, from the performance issue)", "",
+         "| target | sluice | reference | ratio | goal | result |",
+         "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for t in tg:
+        digits = 2 if t["metric"] in ("cpu_us_per_req", "syscalls_per_req", "kib_per_conn") else 0
+        sv = "—" if t["sluice"] is None else fmt(t["sluice"], digits) + t["unit"]
+        if t["peer"] is None:
+            ref, ratio = "—", "—"
+        else:
+            ref = f"{t['ref_label']} {fmt(t['ref'], digits)}" if t["ref"] is not None else f"{t['ref_label']} —"
+            ratio = _ratio(t["ratio"], 3)
+        if t["op"] is None:
+            goal = "—"
+        elif t["peer"] is None:
+            goal = f"{'≤' if t['op'] == '<=' else '≥'} {t['limit']}{t['unit']}"
+        else:
+            goal = f"{'≤' if t['op'] == '<=' else '≥'} {t['limit']:.2f}×"
+        L.append(f"| {t['text']} | {sv} | {ref} | {ratio} | {goal} | {t['result']} |")
+    graded = [t for t in tg if t["op"] is not None]
+    npass = sum(t["result"] == "PASS" for t in graded)
+    L.append("")
+    L.append(f"{npass} of {len(graded)} targets PASS"
+             + (f"; {sum(t['result'] == 'n/a' for t in graded)} not measured (n/a)"
+                if any(t["result"] == "n/a" for t in graded) else "")
+             + ". Ratios are sluice ÷ reference, from the medians above; PASS/MISS is decided on the "
+               "unrounded ratio.")
+    return L
+
+
 def write(b):
     a = b.a
     rows = summarise(b)
+    tg = targets(b, rows)
     v = versions(b)
     L = []
     L.append(f"# sluice benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
@@ -113,7 +225,13 @@ def write(b):
             L.append(f"| {label} | {name} | {st} | {st} | {st} | — | — | — | — | — | "
                      f"{fmt(s['instr_per_req'])} | {fmt(s['syscalls_per_req'], 2)} |")
             continue
-        ratio = lambda k: f"{s[k]:.2f}" if k in s else "—"
+        def ratio(k):
+            txt = f"{s[k]:.2f}" if k in s else "—"
+            if s["target"] == "sluice":  # the issue's targets against this peer
+                for t in tg:
+                    if t["workload"] == s["workload"] and t["op"] and f"vs_{t['peer']}" == k:
+                        txt += f" · {t['short']} {_ratio(t['ratio'])} {t['result']}"
+            return txt
         flag = "" if s["status"] == "ok" else f" ({s['status']})"
         direct = s["target"] == "direct"
         cpu = f"({fmt(s['cpu_pct'], 1)})" if direct else fmt(s["cpu_pct"], 1)
@@ -122,9 +240,12 @@ def write(b):
                  f"| {ratio('vs_nginx')} | {ratio('vs_haproxy')} | {ratio('vs_direct')} "
                  f"| {cpu} | {cpuq} | {fmt(s['instr_per_req'])} | {fmt(s['syscalls_per_req'], 2)} |")
     L.append("")
-    L.append("CPU columns for *direct* (in parentheses) are the backend nginx's, which shares its CPU with the "
-             "load generator. instr/req and syscalls/req are measured with a fixed request count over "
-             "HTTP/1.1 keep-alive (h2load --h1 -c10); see bench/README.md.")
+    L.append("×nginx and ×HAProxy are req/s ratios. On the sluice rows they are followed by the issue's "
+             "targets against that peer: the sluice ÷ peer ratio of the named metric and PASS/MISS "
+             "(see Targets below). CPU columns for *direct* (in parentheses) are the backend nginx's, "
+             "which shares its CPU with the load generator. instr/req and syscalls/req are measured with "
+             "a fixed request count: HTTP/1.1 keep-alive (h2load --h1 -c10) for the HTTP/1 rows, h2c "
+             "(h2load -c10 -m5) for the HTTP/2 row; see bench/README.md.")
     if b.idle:
         L.append("")
         L.append(f"### {a.idle_conns} idle keep-alive client connections (each made one request)")
@@ -143,6 +264,9 @@ def write(b):
                      f"| {fmt(r['kib_per_conn'], 2)} |")
         L.append("")
         L.append("*direct* is the backend nginx worker (shared by all cells, so already warm).")
+    if tg:
+        L.append("")
+        L += target_lines(tg)
     if b.notes:
         L.append("")
         L.append("### Failures")
@@ -168,6 +292,12 @@ def write(b):
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(b.raw)
+    with open(os.path.join(a.out, "targets.csv"), "w", newline="") as f:
+        keys = ["text", "workload", "metric", "peer", "sluice", "ref", "ratio", "op", "limit", "result"]
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for t in tg:
+            w.writerow({k: ("" if t.get(k) is None else t.get(k)) for k in keys})
     if b.idle:
         with open(os.path.join(a.out, "idle.csv"), "w", newline="") as f:
             keys = ["target", "conns", "rss_before_kib", "rss_after_kib", "kib_per_conn", "error"]
