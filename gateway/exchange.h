@@ -59,6 +59,12 @@ struct exchange_side_ops {
     void (*abort)(struct exchange *x);
     /* Tells the client to send its body (HTTP/1.1 "100 Continue"). */
     void (*send_continue)(struct exchange *x);
+    /*
+     * The client socket, when the response body may be written to it
+     * directly (splice): a plain connection, the head already written, no
+     * transfer coding to apply. -1 otherwise. NULL: never.
+     */
+    int (*splice_fd)(struct exchange *x);
 };
 
 struct exchange_side {

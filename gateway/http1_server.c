@@ -408,6 +408,15 @@ static void h1_send_continue(struct exchange *x)
     flush_or_fail(h);
 }
 
+static int h1_splice_fd(struct exchange *x)
+{
+    struct h1_conn *h = from_side(x);
+    if (h->tls || h->resp_chunked || x->resp_no_body || h->write_failed || h->conn->ssl ||
+        evbuffer_get_length(h->conn->out) > 0)
+        return -1;
+    return h->conn->fd;
+}
+
 static const struct exchange_side_ops h1_ops = {
     .send_head = h1_send_head,
     .send_body = h1_send_body,
@@ -416,6 +425,7 @@ static const struct exchange_side_ops h1_ops = {
     .pending = h1_pending,
     .abort = h1_abort,
     .send_continue = h1_send_continue,
+    .splice_fd = h1_splice_fd,
 };
 
 /* ---- closing ------------------------------------------------------------- */
