@@ -50,7 +50,7 @@ struct arena {
 #else
 #define ARENA_CACHE 1
 #endif
-#define ARENA_SPARES 8
+#define ARENA_SPARES 64 /* enough for a busy HTTP/2 connection's streams; 256 KiB at most */
 static _Thread_local struct arena *spare[ARENA_SPARES];
 static _Thread_local int num_spare;
 
