@@ -22,12 +22,14 @@
 
 /*
  * While the input is empty and reads are small (requests, small responses),
- * a read goes into this much stack and is then copied into the evbuffer: a
+ * a read goes into stack space and is then copied into the evbuffer: a
  * small chain comes from malloc's fast path, whereas reserving
  * CONN_READ_SIZE of evbuffer space costs a large allocation and free per
- * request. A read that fills it switches the connection to reserved reads.
+ * request. The stack space is as large as a reserved read, so one read
+ * still takes everything; a read larger than CONN_SMALL_READ switches the
+ * connection to reserved reads (no copy) until reads are small again.
  */
-#define CONN_SMALL_READ (16 * 1024)
+#define CONN_SMALL_READ 4096
 
 /* Evbuffers lent by idle connections, per thread (conn_release_buffers). */
 #define CONN_POOL 128
@@ -80,7 +82,7 @@ void conn_thread_cleanup(void)
 /* Reads into a stack buffer and copies: see CONN_SMALL_READ. */
 static void read_small(struct conn *c, int fd)
 {
-    char buf[CONN_SMALL_READ];
+    char buf[CONN_READ_SIZE];
     ssize_t n = read(fd, buf, sizeof buf);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
@@ -92,7 +94,7 @@ static void read_small(struct conn *c, int fd)
         c->events->on_error(c, ENOMEM);
         return;
     }
-    c->bulk = n == (ssize_t)sizeof buf;
+    c->bulk = n > CONN_SMALL_READ;
     if (n == 0) {
         c->eof = true;
         conn_read_enable(c, false);
@@ -384,8 +386,7 @@ static void on_read_ready(evutil_socket_t fd, short what, void *arg)
         left -= vec[i].iov_len;
     }
     evbuffer_commit_space(c->in, vec, nvec);
-    if (n < CONN_SMALL_READ)
-        c->bulk = false;
+    c->bulk = n > CONN_SMALL_READ;
     if (n == 0) {
         c->eof = true;
         /* A closed peer keeps the socket readable: stop polling it. */

@@ -65,6 +65,15 @@ struct exchange_side_ops {
      * transfer coding to apply. -1 otherwise. NULL: never.
      */
     int (*splice_fd)(struct exchange *x);
+    /*
+     * The client socket, when the rest of the request body (*left bytes,
+     * Content-Length framing, nothing buffered) may be read from it
+     * directly (splice). The codec then stops reading the socket and its
+     * body timeout until body_spliced() reports the last byte. -1 otherwise.
+     */
+    int (*body_splice_fd)(struct exchange *x, uint64_t *left);
+    /* `n` more body bytes were taken from the socket (see body_splice_fd). */
+    void (*body_spliced)(struct exchange *x, uint64_t n);
 };
 
 struct exchange_side {

@@ -68,6 +68,7 @@ struct h1_conn {
     struct http1_chunked chunked;
     bool body_done;
     bool body_paused;
+    bool body_spliced; /* the proxy reads the rest of the body from the socket */
     /* response */
     bool resp_chunked;
     bool resp_close_delimited;
@@ -372,6 +373,8 @@ static void h1_send_end(struct exchange *x)
 static void h1_pause_body(struct exchange *x, bool pause)
 {
     struct h1_conn *h = from_side(x);
+    if (h->body_spliced)
+        return; /* the proxy reads the socket itself */
     h->body_paused = pause;
     conn_read_enable(h->conn, !pause);
     if (!pause && evbuffer_get_length(h->conn->in) > 0) {
@@ -417,6 +420,37 @@ static int h1_splice_fd(struct exchange *x)
     return h->conn->fd;
 }
 
+/* Large Content-Length request bodies are below this read through the buffers. */
+#define H1_SPLICE_BODY_MIN (64 * 1024)
+
+static int h1_body_splice_fd(struct exchange *x, uint64_t *left)
+{
+    struct h1_conn *h = from_side(x);
+    if (h->tls || h->conn->ssl || h->body_done || h->body_paused ||
+        h->req_framing != HTTP1_BODY_LENGTH || h->req_left < H1_SPLICE_BODY_MIN ||
+        evbuffer_get_length(h->conn->in) > 0 || h->conn->eof)
+        return -1;
+    *left = h->req_left;
+    h->body_spliced = true;
+    conn_read_enable(h->conn, false);
+    stop_timer(h); /* the proxy's timer watches the transfer now */
+    return h->conn->fd;
+}
+
+static void h1_body_spliced(struct exchange *x, uint64_t n)
+{
+    struct h1_conn *h = from_side(x);
+    h->req_left -= n;
+    h->req_total += n;
+    x->bytes_in += n;
+    if (h->req_left > 0)
+        return;
+    h->body_done = true;
+    h->body_spliced = false;
+    x->req_body_done = true;
+    conn_read_enable(h->conn, true);
+}
+
 static const struct exchange_side_ops h1_ops = {
     .send_head = h1_send_head,
     .send_body = h1_send_body,
@@ -426,6 +460,8 @@ static const struct exchange_side_ops h1_ops = {
     .abort = h1_abort,
     .send_continue = h1_send_continue,
     .splice_fd = h1_splice_fd,
+    .body_splice_fd = h1_body_splice_fd,
+    .body_spliced = h1_body_spliced,
 };
 
 /* ---- closing ------------------------------------------------------------- */
@@ -508,6 +544,8 @@ static struct exchange *new_exchange(struct h1_conn *h)
 static bool read_body(struct h1_conn *h)
 {
     struct exchange *x = h->x;
+    if (h->body_spliced)
+        return true; /* the proxy reads the rest from the socket */
     struct evbuffer *in = h->conn->in;
     bool moved = false;
     while (!h->body_done && evbuffer_get_length(in) > 0) {

@@ -27,6 +27,7 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -312,6 +313,7 @@ int main(int argc, char **argv)
     metrics_free();
     arena_thread_cleanup();
     conn_thread_cleanup();
+    proxy_thread_cleanup();
     event_base_free(g.base);
     libevent_global_shutdown();
     return status;

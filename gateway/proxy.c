@@ -91,20 +91,64 @@ struct proxy {
  * user space that dominate the CPU time of a 1 MiB response. The pipe is
  * the buffer: when it is full the upstream is not read (backpressure).
  */
-#define SPLICE_MIN (64 * 1024)   /* bodies with less left go through evbuffers */
-#define SPLICE_PIPE (256 * 1024) /* requested pipe capacity */
+#define SPLICE_MIN (64 * 1024)    /* bodies with less left go through evbuffers */
+#define SPLICE_PIPE (1024 * 1024) /* requested pipe capacity (the default limit for users) */
+#define SPLICE_SPARES 4           /* empty pipes kept per thread for the next transfer */
+
+static _Thread_local int spare_pipes[SPLICE_SPARES][2];
+static _Thread_local int num_spare_pipes;
+
+/* An empty non-blocking pipe, from the thread's spares or new. Returns 0 or -1. */
+static int pipe_get(int fds[2])
+{
+    if (num_spare_pipes) {
+        num_spare_pipes--;
+        fds[0] = spare_pipes[num_spare_pipes][0];
+        fds[1] = spare_pipes[num_spare_pipes][1];
+        return 0;
+    }
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+        return -1;
+    fcntl(fds[1], F_SETPIPE_SZ, SPLICE_PIPE); /* best effort: the default is 64 KiB */
+    return 0;
+}
+
+/* Keeps an empty pipe for the next transfer; one still holding bytes is closed. */
+static void pipe_put(int fds[2], bool empty)
+{
+    if (empty && num_spare_pipes < SPLICE_SPARES) {
+        spare_pipes[num_spare_pipes][0] = fds[0];
+        spare_pipes[num_spare_pipes][1] = fds[1];
+        num_spare_pipes++;
+        return;
+    }
+    close(fds[0]);
+    close(fds[1]);
+}
+
+void proxy_thread_cleanup(void)
+{
+    while (num_spare_pipes) {
+        num_spare_pipes--;
+        close(spare_pipes[num_spare_pipes][0]);
+        close(spare_pipes[num_spare_pipes][1]);
+    }
+}
 
 struct splice_state {
+    bool request;  /* the request body, client to upstream; else the response body */
+    uint64_t left; /* request: body bytes still on the client socket */
     int pipe_r;
     int pipe_w;
     int client_fd;
     size_t in_pipe;      /* bytes read from the upstream, not yet written to the client */
-    struct event *up_ev; /* upstream readable (arena memory) */
-    struct event *cl_ev; /* client writable */
+    struct event *up_ev; /* upstream readable (request: writable); arena memory */
+    struct event *cl_ev; /* client writable (request: readable) */
 };
 
 static void splice_stop(struct proxy *p);
 static bool splice_try_start(struct proxy *p);
+static bool body_splice_try_start(struct proxy *p);
 
 static void attempt(struct proxy *p);
 static void start_h2(struct proxy *p);
@@ -207,7 +251,7 @@ static void pump_request(struct proxy *p)
 {
     struct exchange *x = p->x;
     struct upconn *uc = p->uc;
-    if ((!uc && !p->h2) || (uc && p->state == P_CONNECTING) || p->req_sent_end)
+    if ((!uc && !p->h2) || (uc && p->state == P_CONNECTING) || p->req_sent_end || p->splice)
         return;
     size_t len = evbuffer_get_length(x->req_body);
     if (len) {
@@ -249,6 +293,9 @@ static void pump_request(struct proxy *p)
         on_upstream_error(&uc->conn, errno);
         return;
     }
+    /* A large rest of the body can go socket to socket. */
+    if (body_splice_try_start(p))
+        return;
     /* Backpressure: a slow upstream stops the client's body. */
     bool full = evbuffer_get_length(uc->conn.out) > PROXY_HIGH_WATER;
     if (full != p->client_paused && !x->req_body_done) {
@@ -711,8 +758,8 @@ void proxy_on_request_body(struct exchange *x)
 void proxy_on_client_drain(struct exchange *x)
 {
     struct proxy *p = x->proxy;
-    if (p->splice)
-        return; /* splicing watches the client socket itself */
+    if (p->splice && !p->splice->request)
+        return; /* a response splice watches the client socket itself */
     if (p->upstream_paused && p->h2) {
         p->upstream_paused = false;
         http2_client_pause(p->h2, false);
@@ -861,8 +908,7 @@ static void splice_stop(struct proxy *p)
     p->splice = NULL;
     event_del(s->up_ev);
     event_del(s->cl_ev);
-    close(s->pipe_r);
-    close(s->pipe_w);
+    pipe_put((int[2]){s->pipe_r, s->pipe_w}, s->in_pipe == 0);
     /* The connection may go back to the pool: let conn.c watch it again. */
     if (p->uc)
         conn_read_enable(&p->uc->conn, true);
@@ -884,9 +930,8 @@ static bool splice_try_start(struct proxy *p)
     if (client_fd < 0)
         return false;
     int fds[2];
-    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+    if (pipe_get(fds) < 0)
         return false;
-    fcntl(fds[1], F_SETPIPE_SZ, SPLICE_PIPE); /* best effort: the default is 64 KiB */
     struct splice_state *s = arena_calloc(x->arena, sizeof *s);
     s->pipe_r = fds[0];
     s->pipe_w = fds[1];
@@ -951,6 +996,108 @@ static void splice_pump(struct proxy *p)
         fail(p, FAIL_AFTER_SEND, 502,
              n == 0 ? "the upstream closed the connection mid-body"
                     : "the upstream reset the connection");
+        return;
+    }
+}
+
+/* ---- splicing large request bodies ------------------------------------------- */
+
+static void body_splice_pump(struct proxy *p);
+
+static void on_body_splice_event(evutil_socket_t fd, short what, void *arg)
+{
+    body_splice_pump(arg);
+}
+
+/*
+ * Starts moving the rest of a large Content-Length request body from the
+ * client socket to a plain HTTP/1 upstream with splice(2), once everything
+ * buffered so far has been written. The body is then not kept for a retry.
+ */
+static bool body_splice_try_start(struct proxy *p)
+{
+    struct exchange *x = p->x;
+    struct upconn *uc = p->uc;
+    if (p->splice || p->h2 || !uc || uc->conn.ssl || p->req_chunked || x->req_body_done ||
+        evbuffer_get_length(x->req_body) > 0 || evbuffer_get_length(uc->conn.out) > 0 ||
+        !x->client->ops->body_splice_fd)
+        return false;
+    uint64_t left = 0;
+    int fds[2];
+    if (pipe_get(fds) < 0)
+        return false;
+    int client_fd = x->client->ops->body_splice_fd(x, &left);
+    if (client_fd < 0) {
+        pipe_put(fds, true);
+        return false;
+    }
+    struct splice_state *s = arena_calloc(x->arena, sizeof *s);
+    s->request = true;
+    s->left = left;
+    s->pipe_r = fds[0];
+    s->pipe_w = fds[1];
+    s->client_fd = client_fd;
+    s->up_ev = arena_alloc(x->arena, event_get_struct_event_size());
+    s->cl_ev = arena_alloc(x->arena, event_get_struct_event_size());
+    event_assign(s->up_ev, x->worker->base, uc->conn.fd, EV_WRITE, on_body_splice_event, p);
+    event_assign(s->cl_ev, x->worker->base, client_fd, EV_READ, on_body_splice_event, p);
+    p->splice = s;
+    p->body_streamed = true;
+    if (p->replay) {
+        evbuffer_free(p->replay);
+        p->replay = NULL;
+    }
+    body_splice_pump(p);
+    return true;
+}
+
+static void body_splice_pump(struct proxy *p)
+{
+    struct splice_state *s = p->splice;
+    struct exchange *x = p->x;
+    for (;;) {
+        while (s->in_pipe > 0) {
+            ssize_t n = splice(s->pipe_r, NULL, p->uc->conn.fd, NULL, s->in_pipe,
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                s->in_pipe -= (size_t)n;
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                event_add(s->up_ev, NULL);
+                arm(p, p->timeout_ms);
+                return;
+            }
+            fail(p, FAIL_AFTER_SEND, 502, "the upstream reset the connection");
+            return;
+        }
+        if (s->left == 0) {
+            /* All of the body went upstream: back to waiting for the response. */
+            splice_stop(p);
+            p->req_sent_end = true;
+            arm(p, p->timeout_ms);
+            return;
+        }
+        size_t want = s->left < SPLICE_PIPE ? (size_t)s->left : SPLICE_PIPE;
+        ssize_t n =
+            splice(s->client_fd, NULL, s->pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            s->left -= (uint64_t)n;
+            s->in_pipe += (size_t)n;
+            x->client->ops->body_spliced(x, (uint64_t)n);
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            event_add(s->cl_ev, NULL);
+            arm(p, x->snapshot->limits.body_timeout_ms);
+            return;
+        }
+        /* The client closed or reset mid-body: nobody is left to answer. */
+        splice_stop(p);
+        drop_conn(p, false);
+        drop_target(p);
+        proxy_cancel(x);
+        exchange_abort(x);
         return;
     }
 }

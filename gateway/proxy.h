@@ -25,6 +25,9 @@ void proxy_on_request_body(struct exchange *x);
 /* The client's output drained: resume reading the upstream. */
 void proxy_on_client_drain(struct exchange *x);
 
+/* Closes the calling thread's spare splice pipes (at thread exit). */
+void proxy_thread_cleanup(void);
+
 /* Releases everything (called by the arena cleanup; also on client abort). */
 void proxy_cancel(struct exchange *x);
 

@@ -17,6 +17,7 @@
 #include "deadline.h"
 #include "http1_server.h"
 #include "listener.h"
+#include "proxy.h"
 #include "log.h"
 #include "upstream.h"
 
@@ -307,6 +308,7 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
     arena_thread_cleanup();
     conn_thread_cleanup();
+    proxy_thread_cleanup();
     atomic_store(&w->exited, true);
     return NULL;
 }
