@@ -108,12 +108,44 @@ static void read_small(struct conn *c, int fd)
 /* ---- TLS ----------------------------------------------------------------- */
 
 /* The write event is wanted by a waiting write, handshake or read. */
+/*
+ * The write event is made on first need: most connections never wait to
+ * write, and an idle keep-alive connection should not carry a 128-byte
+ * event it does not use. Returns false when it cannot be made.
+ */
+static void on_write_ready(evutil_socket_t fd, short what, void *arg);
+
+static bool wev_make(struct conn *c)
+{
+    if (!c->wev)
+        c->wev = event_new(event_get_base(c->rev), c->fd, EV_WRITE | EV_PERSIST, on_write_ready, c);
+    return c->wev != NULL;
+}
+
+static void wev_add(struct conn *c)
+{
+    if (wev_make(c))
+        event_add(c->wev, NULL);
+}
+
+static void wev_del(struct conn *c)
+{
+    if (c->wev)
+        event_del(c->wev);
+}
+
+static void wev_active(struct conn *c)
+{
+    if (wev_make(c))
+        event_active(c->wev, EV_WRITE, 0);
+}
+
 static void tls_update_wev(struct conn *c)
 {
     if ((c->write_wait && !c->tls_write_read) || c->tls_hs_write || c->tls_read_write)
-        event_add(c->wev, NULL);
+        wev_add(c);
     else
-        event_del(c->wev);
+        wev_del(c);
 }
 
 /* Records a failed TLS operation (SSL_get_error result `e`); returns the errno to report. */
@@ -141,7 +173,7 @@ static void tls_handshake(struct conn *c)
         c->tls_verify = SSL_get_verify_result(c->ssl);
         c->tls_hs_write = false;
         c->write_wait = false;
-        event_del(c->wev);
+        wev_del(c);
         c->events->on_error(c, err);
         return;
     }
@@ -300,7 +332,7 @@ static void tls_on_write(struct conn *c)
         c->write_wait = false;
         if (err) {
             c->connecting = false;
-            event_del(c->wev);
+            wev_del(c);
             c->events->on_error(c, err);
             return;
         }
@@ -409,13 +441,13 @@ static void on_write_ready(evutil_socket_t fd, short what, void *arg)
             err = errno;
         c->connecting = false;
         if (err) {
-            event_del(c->wev);
+            wev_del(c);
             c->write_wait = false;
             c->events->on_error(c, err);
             return;
         }
         if (evbuffer_get_length(c->out) == 0) {
-            event_del(c->wev);
+            wev_del(c);
             c->write_wait = false;
             conn_read_enable(c, true);
             c->events->on_writable(c);
@@ -425,13 +457,13 @@ static void on_write_ready(evutil_socket_t fd, short what, void *arg)
     }
     int n = evbuffer_write(c->out, fd);
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
-        event_del(c->wev);
+        wev_del(c);
         c->write_wait = false;
         c->events->on_error(c, errno);
         return;
     }
     if (evbuffer_get_length(c->out) == 0) {
-        event_del(c->wev);
+        wev_del(c);
         c->write_wait = false;
         c->events->on_writable(c);
     }
@@ -458,8 +490,8 @@ static int setup(struct conn *c, struct event_base *base, int fd, const struct c
     c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read_ready, c);
-    c->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write_ready, c);
-    if (!c->in || !c->out || !c->rev || !c->wev) {
+    c->wev = NULL; /* made on the first write that must wait: see wev_add */
+    if (!c->in || !c->out || !c->rev) {
         c->fd = -1;
         conn_close(c);
         return -1;
@@ -513,12 +545,12 @@ int conn_connect(struct conn *c, struct event_base *base, const struct sockaddr 
     }
     c->connecting = true;
     c->connect_err = 0;
-    event_add(c->wev, NULL);
+    wev_add(c);
     c->write_wait = true;
     if (connect(fd, addr, addrlen) < 0 && errno != EINPROGRESS) {
         /* Report from the loop, so callers see one failure path. */
         c->connect_err = errno;
-        event_active(c->wev, EV_WRITE, 0);
+        wev_active(c);
     }
     return 0;
 }
@@ -559,7 +591,7 @@ int conn_flush(struct conn *c)
     if (n < 0 && errno != EAGAIN && errno != EINTR)
         return -1;
     if (evbuffer_get_length(c->out) > 0) {
-        event_add(c->wev, NULL);
+        wev_add(c);
         c->write_wait = true;
     }
     return 0;
