@@ -244,35 +244,6 @@ static int op_name(struct header_op *op, const char *name, struct config_error *
     return 0;
 }
 
-/*
- * Writes the JSON-path step for member `name` (SPEC 7): ".name" for a plain
- * identifier, else ["name"] with '"', '\\' and control characters escaped,
- * the way the config loader writes its own paths.
- */
-static void member_step(char *out, size_t cap, const char *name)
-{
-    bool ident =
-        (name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z') || name[0] == '_';
-    for (const char *p = name; ident && *p; p++)
-        ident = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                *p == '_';
-    if (ident) {
-        snprintf(out, cap, ".%s", name);
-        return;
-    }
-    size_t n = (size_t)snprintf(out, cap, "[\"");
-    for (const char *p = name; *p && n + 8 < cap; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"' || c == '\\')
-            n += (size_t)snprintf(out + n, cap - n, "\\%c", c);
-        else if (c < 0x20)
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
-        else
-            out[n++] = (char)c;
-    }
-    snprintf(out + n, cap - n, "\"]");
-}
-
 /* Parses "set" or "add": an object of name -> template string. */
 static int parse_values(struct op_list *l, const json_t *obj, struct config_error *err,
                         const char *prefix)
@@ -292,7 +263,7 @@ static int parse_values(struct op_list *l, const json_t *obj, struct config_erro
     json_t *value;
     json_object_foreach((json_t *)obj, name, value)
     {
-        member_step(step, sizeof(step), name);
+        config_path_member(step, sizeof(step), name);
         snprintf(sub, sizeof(sub), "%s%s", prefix, step);
         if (!json_is_string(value)) {
             config_error_add(err, sub, "must be a string");

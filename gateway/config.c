@@ -110,11 +110,7 @@ static bool is_ident(const char *s)
     return true;
 }
 
-/*
- * Writes the path step for member `key`: ".key" for a plain identifier,
- * else ["key"] with '"', '\' and control characters escaped (SPEC 7).
- */
-static void member_step(char *out, size_t cap, const char *key)
+void config_path_member(char *out, size_t cap, const char *key)
 {
     if (is_ident(key)) {
         snprintf(out, cap, ".%s", key);
@@ -151,7 +147,7 @@ static size_t path_push(struct config_error *err, const char *step)
 static size_t path_push_key(struct config_error *err, const char *key)
 {
     char step[300];
-    member_step(step, sizeof step, key);
+    config_path_member(step, sizeof step, key);
     return path_push(err, step);
 }
 
@@ -246,7 +242,7 @@ static void key_error(struct config_error *err, const char *key, const char *fmt
 static void key_error(struct config_error *err, const char *key, const char *fmt, ...)
 {
     char step[300];
-    member_step(step, sizeof step, key);
+    config_path_member(step, sizeof step, key);
     va_list ap;
     va_start(ap, fmt);
     verror_add(err, step, fmt, ap);

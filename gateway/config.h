@@ -70,6 +70,12 @@ void config_error_clear(struct config_error *err);
  * comments). Returns the number of unknown keys. */
 int config_check_keys(struct config_error *err, const json_t *obj, const char *const *allowed);
 
+/*
+ * Writes the JSON-path step for member `key` (SPEC 7): ".key" for a plain
+ * identifier, else ["key"] with '"', '\\' and control characters escaped.
+ */
+void config_path_member(char *out, size_t cap, const char *key);
+
 /* Joins `name` to err->dir unless it is absolute; returns a malloc'd path. */
 char *config_resolve_path(const struct config_error *err, const char *name);
 

@@ -900,6 +900,47 @@ static void on_splice_event(evutil_socket_t fd, short what, void *arg)
     splice_pump(arg);
 }
 
+static void body_splice_pump(struct proxy *p);
+
+static void on_body_splice_event(evutil_socket_t fd, short what, void *arg)
+{
+    body_splice_pump(arg);
+}
+
+/*
+ * Sets up a transfer through the pipe `fds`: the response body (upstream
+ * readable, client writable) or, with `request`, the request body's `left`
+ * bytes (client readable, upstream writable). Events live in the arena.
+ */
+static void splice_begin(struct proxy *p, bool request, int fds[2], int client_fd, uint64_t left)
+{
+    struct exchange *x = p->x;
+    struct splice_state *s = arena_calloc(x->arena, sizeof *s);
+    s->request = request;
+    s->left = left;
+    s->pipe_r = fds[0];
+    s->pipe_w = fds[1];
+    s->client_fd = client_fd;
+    s->up_ev = arena_alloc(x->arena, event_get_struct_event_size());
+    s->cl_ev = arena_alloc(x->arena, event_get_struct_event_size());
+    event_callback_fn cb = request ? on_body_splice_event : on_splice_event;
+    event_assign(s->up_ev, x->worker->base, p->uc->conn.fd,
+                 request ? EV_WRITE : EV_READ | EV_PERSIST, cb, p);
+    event_assign(s->cl_ev, x->worker->base, client_fd, request ? EV_READ : EV_WRITE, cb, p);
+    p->splice = s;
+}
+
+/* The client socket failed mid-transfer: end everything, nothing more is sent. */
+static void splice_client_gone(struct proxy *p)
+{
+    struct exchange *x = p->x;
+    splice_stop(p);
+    drop_conn(p, false);
+    drop_target(p);
+    proxy_cancel(x);
+    exchange_abort(x);
+}
+
 static void splice_stop(struct proxy *p)
 {
     struct splice_state *s = p->splice;
@@ -932,16 +973,7 @@ static bool splice_try_start(struct proxy *p)
     int fds[2];
     if (pipe_get(fds) < 0)
         return false;
-    struct splice_state *s = arena_calloc(x->arena, sizeof *s);
-    s->pipe_r = fds[0];
-    s->pipe_w = fds[1];
-    s->client_fd = client_fd;
-    s->up_ev = arena_alloc(x->arena, event_get_struct_event_size());
-    s->cl_ev = arena_alloc(x->arena, event_get_struct_event_size());
-    event_assign(s->up_ev, x->worker->base, p->uc->conn.fd, EV_READ | EV_PERSIST, on_splice_event,
-                 p);
-    event_assign(s->cl_ev, x->worker->base, client_fd, EV_WRITE, on_splice_event, p);
-    p->splice = s;
+    splice_begin(p, false, fds, client_fd, 0);
     conn_read_enable(&p->uc->conn, false);
     splice_pump(p);
     return true;
@@ -968,12 +1000,7 @@ static void splice_pump(struct proxy *p)
                 arm(p, p->timeout_ms);
                 return;
             }
-            /* The client went away: nothing more can reach it. */
-            splice_stop(p);
-            drop_conn(p, false);
-            drop_target(p);
-            proxy_cancel(x);
-            exchange_abort(x);
+            splice_client_gone(p); /* nothing more can reach it */
             return;
         }
         if (p->resp_left == 0) {
@@ -1002,13 +1029,6 @@ static void splice_pump(struct proxy *p)
 
 /* ---- splicing large request bodies ------------------------------------------- */
 
-static void body_splice_pump(struct proxy *p);
-
-static void on_body_splice_event(evutil_socket_t fd, short what, void *arg)
-{
-    body_splice_pump(arg);
-}
-
 /*
  * Starts moving the rest of a large Content-Length request body from the
  * client socket to a plain HTTP/1 upstream with splice(2), once everything
@@ -1031,17 +1051,7 @@ static bool body_splice_try_start(struct proxy *p)
         pipe_put(fds, true);
         return false;
     }
-    struct splice_state *s = arena_calloc(x->arena, sizeof *s);
-    s->request = true;
-    s->left = left;
-    s->pipe_r = fds[0];
-    s->pipe_w = fds[1];
-    s->client_fd = client_fd;
-    s->up_ev = arena_alloc(x->arena, event_get_struct_event_size());
-    s->cl_ev = arena_alloc(x->arena, event_get_struct_event_size());
-    event_assign(s->up_ev, x->worker->base, uc->conn.fd, EV_WRITE, on_body_splice_event, p);
-    event_assign(s->cl_ev, x->worker->base, client_fd, EV_READ, on_body_splice_event, p);
-    p->splice = s;
+    splice_begin(p, true, fds, client_fd, left);
     p->body_streamed = true;
     if (p->replay) {
         evbuffer_free(p->replay);
@@ -1092,12 +1102,7 @@ static void body_splice_pump(struct proxy *p)
             arm(p, x->snapshot->limits.body_timeout_ms);
             return;
         }
-        /* The client closed or reset mid-body: nobody is left to answer. */
-        splice_stop(p);
-        drop_conn(p, false);
-        drop_target(p);
-        proxy_cancel(x);
-        exchange_abort(x);
+        splice_client_gone(p); /* closed or reset mid-body: nobody is left to answer */
         return;
     }
 }

@@ -147,35 +147,6 @@ fail:
 }
 
 /*
- * Writes the JSON-path step for member `name` (SPEC 7): ".name" for a plain
- * identifier, else ["name"] with '"', '\\' and control characters escaped,
- * the way the config loader writes its own paths.
- */
-static void member_step(char *out, size_t cap, const char *name)
-{
-    bool ident =
-        (name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z') || name[0] == '_';
-    for (const char *p = name; ident && *p; p++)
-        ident = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-                *p == '_';
-    if (ident) {
-        snprintf(out, cap, ".%s", name);
-        return;
-    }
-    size_t n = (size_t)snprintf(out, cap, "[\"");
-    for (const char *p = name; *p && n + 8 < cap; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"' || c == '\\')
-            n += (size_t)snprintf(out + n, cap - n, "\\%c", c);
-        else if (c < 0x20)
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", c);
-        else
-            out[n++] = (char)c;
-    }
-    snprintf(out + n, cap - n, "\"]");
-}
-
-/*
  * Compiles `source` into *code (JIT when available; a JIT failure only costs
  * speed). On error records it under err->path + `subpath` and returns -1.
  */
@@ -209,7 +180,7 @@ static int compile_values(struct match_value *v, size_t n, const char *what, uin
         if (!v[i].regex_source || v[i].regex)
             continue;
         char step[256], sub[300];
-        member_step(step, sizeof(step), v[i].name ? v[i].name : "");
+        config_path_member(step, sizeof(step), v[i].name ? v[i].name : "");
         snprintf(sub, sizeof(sub), ".%s%s.regex", what, step);
         if (compile_regex(v[i].regex_source, &v[i].regex, max_pairs, err, sub) < 0)
             rc = -1;
