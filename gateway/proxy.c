@@ -908,6 +908,28 @@ static void on_body_splice_event(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
+ * Writes what the pipe holds to `fd`, adding the bytes to *moved (if any).
+ * Returns 1 once the pipe is empty, 0 when `fd` would block, -1 on error.
+ */
+static int pipe_drain(struct splice_state *s, int fd, uint64_t *moved)
+{
+    while (s->in_pipe > 0) {
+        ssize_t n =
+            splice(s->pipe_r, NULL, fd, NULL, s->in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+            s->in_pipe -= (size_t)n;
+            if (moved)
+                *moved += (uint64_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        return -1;
+    }
+    return 1;
+}
+
+/*
  * Sets up a transfer through the pipe `fds`: the response body (upstream
  * readable, client writable) or, with `request`, the request body's `left`
  * bytes (client readable, upstream writable). Events live in the arena.
@@ -985,21 +1007,15 @@ static void splice_pump(struct proxy *p)
     struct splice_state *s = p->splice;
     struct exchange *x = p->x;
     for (;;) {
-        while (s->in_pipe > 0) {
-            ssize_t n = splice(s->pipe_r, NULL, s->client_fd, NULL, s->in_pipe,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-            if (n > 0) {
-                s->in_pipe -= (size_t)n;
-                x->bytes_out += (uint64_t)n;
-                continue;
-            }
-            if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-                /* The client is slow: stop reading the upstream until it drains. */
-                event_del(s->up_ev);
-                event_add(s->cl_ev, NULL);
-                arm(p, p->timeout_ms);
-                return;
-            }
+        int drained = pipe_drain(s, s->client_fd, &x->bytes_out);
+        if (drained == 0) {
+            /* The client is slow: stop reading the upstream until it drains. */
+            event_del(s->up_ev);
+            event_add(s->cl_ev, NULL);
+            arm(p, p->timeout_ms);
+            return;
+        }
+        if (drained < 0) {
             splice_client_gone(p); /* nothing more can reach it */
             return;
         }
@@ -1066,18 +1082,13 @@ static void body_splice_pump(struct proxy *p)
     struct splice_state *s = p->splice;
     struct exchange *x = p->x;
     for (;;) {
-        while (s->in_pipe > 0) {
-            ssize_t n = splice(s->pipe_r, NULL, p->uc->conn.fd, NULL, s->in_pipe,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-            if (n > 0) {
-                s->in_pipe -= (size_t)n;
-                continue;
-            }
-            if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-                event_add(s->up_ev, NULL);
-                arm(p, p->timeout_ms);
-                return;
-            }
+        int drained = pipe_drain(s, p->uc->conn.fd, NULL);
+        if (drained == 0) {
+            event_add(s->up_ev, NULL);
+            arm(p, p->timeout_ms);
+            return;
+        }
+        if (drained < 0) {
             fail(p, FAIL_AFTER_SEND, 502, "the upstream reset the connection");
             return;
         }

@@ -142,13 +142,7 @@ void worker_conn_detach(struct worker *w, struct client_conn *c)
 
 void worker_conn_removed(struct worker *w, struct client_conn *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    w->num_conns--;
+    worker_conn_detach(w, c);
     listener_conn_closed(w);
     if (w->draining && w->num_conns == 0)
         event_base_loopexit(w->base, NULL);

@@ -888,3 +888,35 @@ def upstream(*targets, **options):
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# Sluice RSS sampling for the memory-bound tests: ASan's quarantine would count
+# freed memory as growth, so those runs turn it off.
+RSS_ENV = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
+                            ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0").lstrip(":")}
+
+
+class RssSampler:
+    """Samples a running Sluice's VmRSS every 5 ms; .peak is the highest seen."""
+
+    def __init__(self, s):
+        self.s = s
+        self.peak = 0
+        self.stop_evt = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop_evt.is_set():
+            try:
+                self.peak = max(self.peak, self.s.rss_kib())
+            except (OSError, AssertionError):
+                return
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_evt.set()
+        self.thread.join(2)

@@ -9,41 +9,13 @@ import hashlib
 import http.client
 import os
 import socket
-import threading
 import time
 
 
-from conftest import RawConn, ServerSide, http_response, pattern_bytes, sha256, upstream
+from conftest import (RSS_ENV, RawConn, RssSampler, ServerSide, http_response, pattern_bytes,
+                      sha256, upstream)
 
 MiB = 1 << 20
-RSS_ENV = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
-                            ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0").lstrip(":")}
-
-
-class RssSampler:
-    def __init__(self, s):
-        self.s = s
-        self.peak = 0
-        self.stop_evt = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop_evt.is_set():
-            try:
-                self.peak = max(self.peak, self.s.rss_kib())
-            except (OSError, AssertionError):
-                return
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_evt.set()
-        self.thread.join(2)
-
-
 def test_upload_8mib_checksum(sluice, backend):
     b = backend("api")
     s = sluice({"upstreams": {"api": upstream(b.address)}, "routes": [{"upstream": "api"}]})

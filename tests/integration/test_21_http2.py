@@ -13,10 +13,8 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 
-import pytest
 
 import h2.config
 import h2.connection
@@ -24,13 +22,12 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from conftest import (RawConn, Resp, ServerSide, assert_gateway_error, curl, free_port,
-                      http_response, pattern_bytes, rec_header, sha256, upstream, wait_until)
+from conftest import (RSS_ENV, RawConn, Resp, RssSampler, ServerSide, assert_gateway_error,
+                      curl, free_port, http_response, pattern_bytes, rec_header, sha256, upstream,
+                      wait_until)
 
 MiB = 1 << 20
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-RSS_ENV = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
-                            ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0").lstrip(":")}
 
 
 def h2c_listener(port=None, protocols=("h2c", "http/1.1")):
@@ -256,30 +253,6 @@ def test_large_download_flow_control(sluice, backend):
     assert st.status == "200"
     assert len(st.body) == 8 * MiB
     assert sha256(bytes(st.body)) == sha256(pattern_bytes(8 * MiB))
-
-
-class RssSampler:
-    def __init__(self, s):
-        self.s = s
-        self.peak = 0
-        self.stop_evt = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        while not self.stop_evt.is_set():
-            try:
-                self.peak = max(self.peak, self.s.rss_kib())
-            except (OSError, AssertionError):
-                return
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_evt.set()
-        self.thread.join(2)
 
 
 def test_64mib_upload_to_slow_upstream_is_flow_controlled(sluice, raw_backend):
