@@ -1,11 +1,9 @@
 #!/usr/bin/python3
 """Demo hello service: answers any method and path with
 "hello from sluice demo\\n" as text/plain."""
-import argparse
-import asyncio
-import os
-
 from aiohttp import web
+
+from demo import serve
 
 BODY = b"hello from sluice demo\n"
 
@@ -15,30 +13,5 @@ async def hello(request: web.BaseRequest) -> web.Response:
     return web.Response(body=BODY, content_type="text/plain")
 
 
-async def exit_with_parent(parent: int) -> None:
-    # scripts/run: stop when the script that started us is gone.
-    while os.getppid() == parent:
-        await asyncio.sleep(0.5)
-    raise web.GracefulExit()
-
-
-async def main(args: argparse.Namespace) -> None:
-    runner = web.ServerRunner(web.Server(hello), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
-    print(f"hello demo listening on {args.host}:{args.port}", flush=True)
-    if args.exit_with_parent:
-        await exit_with_parent(os.getppid())
-    else:
-        await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("DEMO_HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "9002")))
-    parser.add_argument("--exit-with-parent", action="store_true")
-    try:
-        asyncio.run(main(parser.parse_args()))
-    except (KeyboardInterrupt, web.GracefulExit):
-        pass
+    serve(hello, "hello", 9002, __doc__)

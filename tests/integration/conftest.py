@@ -920,3 +920,33 @@ class RssSampler:
     def __exit__(self, *exc):
         self.stop_evt.set()
         self.thread.join(2)
+
+
+def slow_upload_backend(result, seconds_per_16k, slow_after=2 * (1 << 20)):
+    """A raw_backend handler that reads request bodies slowly (past the first
+    `slow_after` bytes, sleeping `seconds_per_16k` per 16 KiB read) with a
+    small receive buffer, records each head, stores the body's sha256 and
+    length in `result`, and answers 200 with the sha256."""
+    def handler(conn, backend):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
+        side = ServerSide(conn)
+        while True:
+            try:
+                head = side.read_head()
+            except ConnectionError:
+                return
+            backend.record(head)
+            h = hashlib.sha256()
+            n = [0]
+
+            def sink(piece):
+                h.update(piece)
+                n[0] += len(piece)
+                if n[0] > slow_after:  # warm-up requests are small; slow the big one
+                    time.sleep(seconds_per_16k * len(piece) / 16384)
+
+            side.read_body(head, sink)
+            result["sha"] = h.hexdigest()
+            result["n"] = n[0]
+            conn.sendall(http_response(200, h.hexdigest().encode()))
+    return handler

@@ -8,12 +8,11 @@ buffers whole bodies fails. ASan's quarantine is disabled for these runs
 import hashlib
 import http.client
 import os
-import socket
 import time
 
 
-from conftest import (RSS_ENV, RawConn, RssSampler, ServerSide, http_response, pattern_bytes,
-                      sha256, upstream)
+from conftest import (RSS_ENV, RawConn, RssSampler, pattern_bytes, sha256, slow_upload_backend,
+                      upstream)
 
 MiB = 1 << 20
 def test_upload_8mib_checksum(sluice, backend):
@@ -73,30 +72,7 @@ def test_slow_upstream_upload_memory(sluice, raw_backend):
     size = 32 * MiB
     result = {}
 
-    def handler(conn, backend):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
-        side = ServerSide(conn)
-        while True:
-            try:
-                head = side.read_head()
-            except ConnectionError:
-                return
-            backend.record(head)
-            h = hashlib.sha256()
-            n = [0]
-
-            def sink(piece):
-                h.update(piece)
-                n[0] += len(piece)
-                if n[0] > 2 * MiB:  # the warm-up request is small; slow the big one
-                    time.sleep(0.0015 * len(piece) / 16384)
-
-            side.read_body(head, sink)
-            result["sha"] = h.hexdigest()
-            result["n"] = n[0]
-            conn.sendall(http_response(200, h.hexdigest().encode()))
-
-    rb = raw_backend(handler)
+    rb = raw_backend(slow_upload_backend(result, seconds_per_16k=0.0015))
     s = sluice({"workers": 1, "upstreams": {"raw": upstream(rb.address)},
                 "routes": [{"upstream": "raw"}]}, env=RSS_ENV)
     assert s.request("POST", "/warm", body=b"w" * MiB).status == 200

@@ -8,7 +8,6 @@ gateway errors, trailers, drain with GOAWAY, and that HTTP/1 `Upgrade: h2c`
 is never honoured.
 
 Clients: nghttp (nghttp2-client), curl, and python3-h2 (H2Client below)."""
-import hashlib
 import json
 import os
 import socket
@@ -22,8 +21,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from conftest import (RSS_ENV, RawConn, Resp, RssSampler, ServerSide, assert_gateway_error,
-                      curl, free_port, http_response, pattern_bytes, rec_header, sha256, upstream,
+from conftest import (RSS_ENV, RawConn, Resp, RssSampler, assert_gateway_error, curl, free_port,
+                      pattern_bytes, rec_header, sha256, slow_upload_backend, upstream,
                       wait_until)
 
 MiB = 1 << 20
@@ -259,30 +258,7 @@ def test_64mib_upload_to_slow_upstream_is_flow_controlled(sluice, raw_backend):
     size = 64 * MiB
     result = {}
 
-    def handler(conn, backend):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
-        side = ServerSide(conn)
-        while True:
-            try:
-                head = side.read_head()
-            except ConnectionError:
-                return
-            backend.record(head)
-            h = hashlib.sha256()
-            n = [0]
-
-            def sink(piece):
-                h.update(piece)
-                n[0] += len(piece)
-                if n[0] > 2 * MiB:  # slow the big one down
-                    time.sleep(0.0008 * len(piece) / 16384)
-
-            side.read_body(head, sink)
-            result["sha"] = h.hexdigest()
-            result["n"] = n[0]
-            conn.sendall(http_response(200, h.hexdigest().encode()))
-
-    rb = raw_backend(handler)
+    rb = raw_backend(slow_upload_backend(result, seconds_per_16k=0.0008))
     s = sluice({"workers": 1, "listen": [h2c_listener()], "upstreams": {"raw": upstream(rb.address)},
                 "routes": [{"upstream": "raw"}]}, env=RSS_ENV)
     body = pattern_bytes(size)
@@ -648,11 +624,11 @@ def test_curl_http2_over_tls(sluice, backend, tmp_path):
     make_cert(tmp_path, "ca", "api", "/CN=api.test", "DNS:api.test")
     b = backend("b")
     port = free_port()
-    s = sluice({"workers": 1,
-                "listen": [{"address": f"127.0.0.1:{port}", "protocols": ["h2", "http/1.1"],
-                            "tls": {"certificates": [{"cert": str(tmp_path / "api.pem"),
-                                                      "key": str(tmp_path / "api.key")}]}}],
-                "upstreams": {"b": upstream(b.address)}, "routes": [{"upstream": "b"}]})
+    sluice({"workers": 1,
+            "listen": [{"address": f"127.0.0.1:{port}", "protocols": ["h2", "http/1.1"],
+                        "tls": {"certificates": [{"cert": str(tmp_path / "api.pem"),
+                                                  "key": str(tmp_path / "api.key")}]}}],
+            "upstreams": {"b": upstream(b.address)}, "routes": [{"upstream": "b"}]})
     p = curl("--http2", "--cacert", str(tmp_path / "ca.pem"), "--resolve",
              f"api.test:{port}:127.0.0.1", "-w", "\n%{http_version}",
              "-d", "hello", f"https://api.test:{port}/tls?x=1")
