@@ -15,12 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "config.h"
-#include "exchange.h"
-#include "filter.h"
-#include "header.h"
-#include "slice.h"
+#include "base/arena.h"
+#include "conf/config.h"
+#include "core/exchange.h"
+#include "core/filter.h"
+#include "base/header.h"
+#include "base/slice.h"
 
 /* One piece of a template: literal text when var < 0, else the variable `var`. */
 struct template_part {

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "filter.h"
+#include "core/filter.h"
 
 extern const struct filter_type filter_headers;
 

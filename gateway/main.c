@@ -20,16 +20,16 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/crypto.h>
 
-#include "accesslog.h"
-#include "admin.h"
-#include "arena.h"
-#include "config.h"
-#include "conn.h"
-#include "log.h"
-#include "metrics.h"
-#include "proxy.h"
-#include "upstream.h"
-#include "worker.h"
+#include "ops/accesslog.h"
+#include "ops/admin.h"
+#include "base/arena.h"
+#include "conf/config.h"
+#include "net/conn.h"
+#include "base/log.h"
+#include "ops/metrics.h"
+#include "core/proxy.h"
+#include "upstream/upstream.h"
+#include "core/worker.h"
 
 enum {
     EXIT_OK = 0,

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http1_parse.h"
+#include "proto/http1_parse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http1_parse.h"
+#include "proto/http1_parse.h"
 
 #define MAXH 32
 

@@ -25,7 +25,7 @@ else
     for target in http1_parse chunked; do
         "$cc" -std=c17 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
             -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-            -I"$root/gateway" "$here/fuzz_$target.c" "$root/gateway/http1_parse.c" \
+            -I"$root/gateway" "$here/fuzz_$target.c" "$root/gateway/proto/http1_parse.c" \
             -o "$build/tests/fuzz/fuzz_$target"
     done
 fi

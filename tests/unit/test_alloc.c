@@ -21,9 +21,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "conf/config.h"
 #include "test.h"
-#include "worker.h"
+#include "core/worker.h"
 
 static atomic_long allocations;
 static atomic_bool counting;

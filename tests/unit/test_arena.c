@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "arena.h"
+#include "base/arena.h"
 #include "test.h"
 
 static bool aligned(const void *p)

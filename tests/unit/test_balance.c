@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "balance.h"
+#include "upstream/balance.h"
 #include "test.h"
 
 static void test_smooth_wrr(void)

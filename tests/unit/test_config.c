@@ -12,8 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "filter.h"
+#include "conf/config.h"
+#include "core/filter.h"
 #include "test.h"
 
 static char dir[256];

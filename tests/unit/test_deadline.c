@@ -9,7 +9,7 @@
 
 #include <event2/event.h>
 
-#include "deadline.h"
+#include "base/deadline.h"
 #include "test.h"
 
 static char order[256];

@@ -15,10 +15,10 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-#include "config.h"
-#include "exchange.h"
+#include "conf/config.h"
+#include "core/exchange.h"
 #include "test.h"
-#include "worker.h"
+#include "core/worker.h"
 
 static char trace[1024];
 

@@ -4,8 +4,8 @@
  */
 #include <string.h>
 
-#include "arena.h"
-#include "header.h"
+#include "base/arena.h"
+#include "base/header.h"
 #include "test.h"
 
 /* Renders the list as "Name: value|Name: value" for compact checks. */

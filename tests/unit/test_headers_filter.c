@@ -8,11 +8,11 @@
 
 #include <jansson.h>
 
-#include "arena.h"
-#include "config.h"
-#include "exchange.h"
-#include "filter.h"
-#include "header.h"
+#include "base/arena.h"
+#include "conf/config.h"
+#include "core/exchange.h"
+#include "core/filter.h"
+#include "base/header.h"
 #include "test.h"
 
 extern const struct filter_type filter_headers;

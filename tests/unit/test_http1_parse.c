@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http1_parse.h"
+#include "proto/http1_parse.h"
 #include "test.h"
 
 #define MAXH 64

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "config.h"
-#include "header.h"
-#include "router.h"
+#include "base/arena.h"
+#include "conf/config.h"
+#include "base/header.h"
+#include "core/router.h"
 #include "test.h"
 
 static struct arena *arena;

@@ -1,9 +1,9 @@
 /* tls.c: certificate name matching (SNI) and option errors that need no files. */
 #include <stdlib.h>
 
-#include "config.h"
+#include "conf/config.h"
 #include "test.h"
-#include "tls.h"
+#include "net/tls.h"
 
 static void test_name_match(void)
 {

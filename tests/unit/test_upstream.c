@@ -18,10 +18,10 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
-#include "config.h"
-#include "health.h"
+#include "conf/config.h"
+#include "upstream/health.h"
 #include "test.h"
-#include "upstream.h"
+#include "upstream/upstream.h"
 
 static struct event_base *base;
 static struct evdns_base *dns;

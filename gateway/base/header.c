@@ -1,0 +1,215 @@
+/*
+ * header: the ordered field list. Lists are short (tens of fields), so every
+ * lookup is a linear scan; the array grows by doubling in the arena, and an
+ * array outgrown is simply left there until the arena goes.
+ */
+#include "base/header.h"
+
+#include <string.h>
+
+#include "base/arena.h"
+
+void header_list_init(struct header_list *l, struct arena *a, size_t cap_hint)
+{
+    l->items = cap_hint ? arena_alloc(a, cap_hint * sizeof(struct header)) : NULL;
+    l->count = 0;
+    l->cap = cap_hint;
+    l->arena = a;
+}
+
+void header_list_wrap(struct header_list *l, struct arena *a, struct header *items, size_t count)
+{
+    l->items = items;
+    l->count = count;
+    l->cap = count;
+    l->arena = a;
+}
+
+/* Makes room for one more item, moving the array into the arena if full. */
+static void reserve_one(struct header_list *l)
+{
+    if (l->count < l->cap)
+        return;
+    size_t cap = l->cap ? l->cap * 2 : 8;
+    struct header *items = arena_alloc(l->arena, cap * sizeof(struct header));
+    if (l->count)
+        memcpy(items, l->items, l->count * sizeof(struct header));
+    l->items = items;
+    l->cap = cap;
+}
+
+long header_find(const struct header_list *l, struct slice name, size_t from)
+{
+    for (size_t i = from; i < l->count; i++) {
+        if (slice_ieq(l->items[i].name, name))
+            return (long)i;
+    }
+    return -1;
+}
+
+const struct slice *header_get(const struct header_list *l, struct slice name)
+{
+    long i = header_find(l, name, 0);
+    return i < 0 ? NULL : &l->items[i].value;
+}
+
+size_t header_count(const struct header_list *l, struct slice name)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        if (slice_ieq(l->items[i].name, name))
+            n++;
+    }
+    return n;
+}
+
+void header_add(struct header_list *l, struct slice name, struct slice value)
+{
+    reserve_one(l);
+    l->items[l->count].name = name;
+    l->items[l->count].value = value;
+    l->count++;
+}
+
+void header_set(struct header_list *l, struct slice name, struct slice value)
+{
+    long i = header_find(l, name, 0);
+    if (i < 0) {
+        header_add(l, name, value);
+        return;
+    }
+    /* Keep the first occurrence in place (and the sender's spelling of the
+     * name), drop the others. */
+    l->items[i].value = value;
+    size_t out = (size_t)i + 1;
+    for (size_t j = (size_t)i + 1; j < l->count; j++) {
+        if (!slice_ieq(l->items[j].name, name))
+            l->items[out++] = l->items[j];
+    }
+    l->count = out;
+}
+
+size_t header_remove(struct header_list *l, struct slice name)
+{
+    size_t out = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        if (!slice_ieq(l->items[i].name, name))
+            l->items[out++] = l->items[i];
+    }
+    size_t removed = l->count - out;
+    l->count = out;
+    return removed;
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/*
+ * Returns the next element of the comma-separated list in *v (RFC 9110 5.6.1)
+ * with its surrounding whitespace trimmed, and advances *v past it. Empty
+ * elements are returned as empty slices; returns false at the end.
+ */
+static bool next_element(struct slice *v, struct slice *elem)
+{
+    if (v->len == 0 || !v->base)
+        return false;
+    const char *p = v->base;
+    const char *end = v->base + v->len;
+    const char *comma = memchr(p, ',', v->len);
+    const char *stop = comma ? comma : end;
+    const char *s = p, *e = stop;
+    while (s < e && is_ows(*s))
+        s++;
+    while (e > s && is_ows(e[-1]))
+        e--;
+    *elem = slice_make(s, (size_t)(e - s));
+    if (comma) {
+        v->base = comma + 1;
+        v->len = (size_t)(end - comma - 1);
+        /* A trailing comma leaves one empty element, which is fine. */
+        if (v->len == 0)
+            v->base = end;
+    } else {
+        v->base = end;
+        v->len = 0;
+    }
+    return true;
+}
+
+bool header_has_token(const struct header_list *l, struct slice name, struct slice token)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        if (!slice_ieq(l->items[i].name, name))
+            continue;
+        struct slice v = l->items[i].value, e;
+        while (next_element(&v, &e)) {
+            if (slice_ieq(e, token))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* True for the fixed hop-by-hop names of RFC 9110 7.6.1 (not counting Upgrade). */
+static bool fixed_hop_by_hop(struct slice n)
+{
+    /* Dispatch on length first: almost every field fails here without a compare. */
+    switch (n.len) {
+    case 2:
+        return slice_ieq(n, SLICE_LIT("TE"));
+    case 7:
+        return slice_ieq(n, SLICE_LIT("Trailer"));
+    case 10:
+        return slice_ieq(n, SLICE_LIT("Connection")) || slice_ieq(n, SLICE_LIT("Keep-Alive"));
+    case 16:
+        return slice_ieq(n, SLICE_LIT("Proxy-Connection"));
+    case 17:
+        return slice_ieq(n, SLICE_LIT("Transfer-Encoding"));
+    default:
+        return false;
+    }
+}
+
+/* At most this many field names listed in Connection are honoured; more is abuse. */
+#define MAX_CONNECTION_TOKENS 32
+
+void header_remove_hop_by_hop(struct header_list *l, bool keep_upgrade)
+{
+    const struct slice connection = SLICE_LIT("Connection");
+    const struct slice upgrade = SLICE_LIT("Upgrade");
+
+    /*
+     * RFC 9110 7.6.1: every field named in Connection is hop-by-hop too.
+     * The tokens point into the values' bytes, which the compaction below
+     * moves as slices but never touches, so they stay valid.
+     */
+    struct slice named[MAX_CONNECTION_TOKENS];
+    size_t num_named = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        if (!slice_ieq(l->items[i].name, connection))
+            continue;
+        struct slice v = l->items[i].value, e;
+        while (next_element(&v, &e) && num_named < MAX_CONNECTION_TOKENS) {
+            if (e.len == 0 || slice_ieq(e, connection))
+                continue;
+            if (keep_upgrade && slice_ieq(e, upgrade))
+                continue;
+            named[num_named++] = e;
+        }
+    }
+    /* One pass: keep what is end-to-end. */
+    size_t out = 0;
+    for (size_t i = 0; i < l->count; i++) {
+        struct slice n = l->items[i].name;
+        bool drop = fixed_hop_by_hop(n) || (!keep_upgrade && slice_ieq(n, upgrade));
+        for (size_t k = 0; !drop && k < num_named; k++)
+            drop = slice_ieq(n, named[k]);
+        if (!drop)
+            l->items[out++] = l->items[i];
+    }
+    l->count = out;
+    if (keep_upgrade)
+        header_add(l, connection, SLICE_LIT("upgrade"));
+}

@@ -1,0 +1,548 @@
+#include "core/exchange.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "ops/accesslog.h"
+#include "conf/config.h"
+#include "net/conn.h"
+#include "ops/metrics.h"
+#include "core/proxy.h"
+#include "core/worker.h"
+
+/* Room for a typical request's arena: the head copy, header lists, filter state. */
+#define EXCHANGE_ARENA_SIZE 4096
+/* Request body held while no upstream takes it yet (filters still running). */
+#define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void on_arena_free_body(void *arg)
+{
+    conn_buffer_put(arg);
+}
+
+struct exchange *exchange_new(struct worker *worker, struct exchange_side *client)
+{
+    struct arena *a = arena_new(EXCHANGE_ARENA_SIZE);
+    struct exchange *x = arena_calloc(a, sizeof *x);
+    x->arena = a;
+    x->worker = worker;
+    x->client = client;
+    x->view = worker_snapshot_acquire(worker);
+    x->snapshot = x->view->snapshot;
+    x->req_length = -1;
+    x->resp_length = -1;
+    x->start_us = now_us();
+    header_list_init(&x->req_headers, a, 0);
+    header_list_init(&x->resp_headers, a, 16);
+    header_list_init(&x->resp_trailers, a, 0);
+    x->req_body = conn_buffer_get(); /* pooled: no allocation per request */
+    if (!x->req_body) {
+        fprintf(stderr, "sluice: out of memory\n");
+        abort();
+    }
+    arena_cleanup_add(a, on_arena_free_body, x->req_body);
+    return x;
+}
+
+void exchange_free(struct exchange *x)
+{
+    struct worker_snapshot *view = x->view;
+    arena_free(x->arena);
+    worker_snapshot_release(view);
+}
+
+/* ---- variables ---------------------------------------------------------- */
+
+static const char *const var_names[XVAR_COUNT] = {
+    [XVAR_REMOTE_ADDR] = "remote_addr",
+    [XVAR_REQUEST_ID] = "request_id",
+    [XVAR_CONSUMER] = "consumer",
+    [XVAR_HOST] = "host",
+    [XVAR_ROUTE] = "route",
+    [XVAR_CLIENT_SUBJECT] = "client_subject",
+};
+
+int exchange_var_lookup(struct slice name)
+{
+    for (int i = 0; i < XVAR_COUNT; i++)
+        if (slice_eq(name, slice_cstr(var_names[i])))
+            return i;
+    return -1;
+}
+
+struct slice exchange_var(const struct exchange *x, enum exchange_var v)
+{
+    switch (v) {
+    case XVAR_REMOTE_ADDR:
+        return slice_cstr(x->remote_addr);
+    case XVAR_REQUEST_ID:
+        return x->request_id;
+    case XVAR_CONSUMER:
+        return x->consumer;
+    case XVAR_HOST:
+        return x->host;
+    case XVAR_ROUTE:
+        return x->route ? slice_cstr(x->route->name) : slice_make("", 0);
+    case XVAR_CLIENT_SUBJECT:
+        return x->client_subject;
+    case XVAR_COUNT:
+        break;
+    }
+    return slice_make("", 0);
+}
+
+/* ---- gateway responses -------------------------------------------------- */
+
+struct status_text {
+    int status;
+    const char *code;
+    const char *message;
+};
+
+static const struct status_text status_texts[] = {
+    {400, "bad_request", "the request is malformed"},
+    {401, "unauthorized", "authentication is required"},
+    {403, "forbidden", "access to this resource is forbidden"},
+    {404, "not_found", "no route matches this request"},
+    {408, "request_timeout", "the request was not received in time"},
+    {413, "payload_too_large", "the request body is too large"},
+    {417, "expectation_failed", "the expectation cannot be met"},
+    {429, "too_many_requests", "too many requests"},
+    {431, "request_header_fields_too_large", "the request head is too large"},
+    {501, "not_implemented", "this transfer coding is not implemented"},
+    {500, "internal_error", "internal error"},
+    {502, "bad_gateway", "the upstream failed"},
+    {503, "service_unavailable", "no healthy upstream target"},
+    {504, "gateway_timeout", "the upstream did not answer in time"},
+};
+
+static const struct status_text *status_text(int status)
+{
+    for (size_t i = 0; i < sizeof status_texts / sizeof *status_texts; i++)
+        if (status_texts[i].status == status)
+            return &status_texts[i];
+    return NULL;
+}
+
+const char *exchange_error_code(int status)
+{
+    const struct status_text *t = status_text(status);
+    return t ? t->code : "error";
+}
+
+static const char *reason_phrase(int status);
+
+/* Appends `s` to `out` as the inside of a JSON string. */
+static void json_escape(struct evbuffer *out, struct slice s)
+{
+    size_t start = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.base[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        evbuffer_add(out, s.base + start, i - start);
+        if (c == '"' || c == '\\')
+            evbuffer_add_printf(out, "\\%c", c);
+        else
+            evbuffer_add_printf(out, "\\u%04x", c);
+        start = i + 1;
+    }
+    evbuffer_add(out, s.base + start, s.len - start);
+}
+
+static struct evbuffer *gateway_body(struct exchange *x)
+{
+    if (!x->gw_body) {
+        x->gw_body = evbuffer_new();
+        if (!x->gw_body) {
+            fprintf(stderr, "sluice: out of memory\n");
+            abort();
+        }
+        arena_cleanup_add(x->arena, on_arena_free_body, x->gw_body);
+    } else {
+        evbuffer_drain(x->gw_body, evbuffer_get_length(x->gw_body));
+    }
+    return x->gw_body;
+}
+
+static void set_content_length(struct exchange *x, size_t n)
+{
+    char buf[24];
+    int len = snprintf(buf, sizeof buf, "%zu", n);
+    header_set(&x->resp_headers, SLICE_LIT("Content-Length"),
+               arena_slice_dup(x->arena, slice_make(buf, (size_t)len)));
+    x->resp_length = (int64_t)n;
+}
+
+void exchange_respond(struct exchange *x, int status, struct slice content_type, struct slice body)
+{
+    x->status = status;
+    x->gateway_response = true;
+    x->response_ready = true;
+    if (content_type.len)
+        header_set(&x->resp_headers, SLICE_LIT("Content-Type"), content_type);
+    struct evbuffer *b = gateway_body(x);
+    evbuffer_add(b, body.base, body.len);
+    set_content_length(x, body.len);
+}
+
+static void assign_request_id(struct exchange *x);
+
+void exchange_respond_error(struct exchange *x, int status, const char *message)
+{
+    if (!x->request_id.len)
+        assign_request_id(x); /* an error found before the exchange started */
+    const struct status_text *t = status_text(status);
+    if (!message)
+        message = t ? t->message : reason_phrase(status);
+    x->status = status;
+    x->error = t ? t->code : "error";
+    x->gateway_response = true;
+    x->response_ready = true;
+    /* An error replaces whatever head was being prepared. */
+    x->resp_headers.count = 0;
+    header_set(&x->resp_headers, SLICE_LIT("Content-Type"), SLICE_LIT("application/json"));
+    struct evbuffer *b = gateway_body(x);
+    evbuffer_add_printf(b, "{\"status\": %d, \"error\": \"%s\", \"message\": \"", status, x->error);
+    json_escape(b, slice_cstr(message));
+    evbuffer_add(b, "\", \"request_id\": \"", 18);
+    json_escape(b, x->request_id);
+    evbuffer_add(b, "\"}\n", 3);
+    set_content_length(x, evbuffer_get_length(b));
+}
+
+/* ---- request id --------------------------------------------------------- */
+
+static bool request_id_valid(struct slice id)
+{
+    if (id.len < 1 || id.len > 200)
+        return false;
+    for (size_t i = 0; i < id.len; i++) {
+        char c = id.base[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == ':' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static void assign_request_id(struct exchange *x)
+{
+    static const struct slice name = SLICE_LIT("X-Request-Id");
+    const struct slice *sent = header_get(&x->req_headers, name);
+    if (sent && header_count(&x->req_headers, name) == 1 && request_id_valid(*sent)) {
+        x->request_id = *sent;
+        return;
+    }
+    /* Two hex digits per random byte, from a table: no per-nibble arithmetic. */
+    static const char hex[] = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+                              "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+                              "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+                              "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+                              "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+                              "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+                              "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+                              "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+    char *id = arena_alloc(x->arena, 33);
+    for (int half = 0; half < 2; half++) {
+        uint64_t r = worker_random(x->worker);
+        for (int i = 0; i < 8; i++, r >>= 8)
+            memcpy(id + half * 16 + i * 2, hex + (r & 0xff) * 2, 2);
+    }
+    id[32] = '\0';
+    x->request_id = slice_make(id, 32);
+    header_set(&x->req_headers, name, x->request_id);
+}
+
+/* ---- the pipeline ------------------------------------------------------- */
+
+/* The i-th filter of the exchange's pipeline: global filters, then the route's. */
+static const struct filter_instance *pipeline_filter(const struct exchange *x, size_t i)
+{
+    const struct snapshot *s = x->snapshot;
+    if (i < s->num_filters)
+        return &s->filters[i];
+    i -= s->num_filters;
+    if (x->route && i < x->route->num_filters)
+        return &x->route->filters[i];
+    return NULL;
+}
+
+static size_t pipeline_length(const struct exchange *x)
+{
+    return x->snapshot->num_filters + (x->route ? x->route->num_filters : 0);
+}
+
+void *exchange_filter_state(struct exchange *x, size_t i)
+{
+    return x->filter_state ? x->filter_state[i] : NULL;
+}
+
+static void after_request_filters(struct exchange *x);
+
+/* Runs request filters from x->filter_next on. Returns when done or paused. */
+static void run_request_filters(struct exchange *x)
+{
+    size_t n = pipeline_length(x);
+    while (x->filter_next < n) {
+        size_t i = x->filter_next++;
+        const struct filter_instance *f = pipeline_filter(x, i);
+        if (!f->type->on_request)
+            continue;
+        enum filter_verdict v =
+            f->type->on_request(f->instance, x, x->filter_state ? x->filter_state[i] : NULL);
+        if (v == FILTER_PAUSE) {
+            x->paused = true;
+            return;
+        }
+        if (v == FILTER_RESPOND) {
+            if (!x->response_ready)
+                exchange_respond_error(x, 500, "a filter failed to respond");
+            exchange_reply(x);
+            return;
+        }
+    }
+    after_request_filters(x);
+}
+
+void exchange_resume(struct exchange *x, enum filter_verdict verdict)
+{
+    x->paused = false;
+    if (verdict == FILTER_RESPOND) {
+        if (!x->response_ready)
+            exchange_respond_error(x, 500, "a filter failed to respond");
+        exchange_reply(x);
+        return;
+    }
+    run_request_filters(x);
+}
+
+static void run_response_filters(struct exchange *x)
+{
+    /* Only filters whose request phase ran see the response, last first. */
+    for (size_t i = x->filter_next; i-- > 0;) {
+        const struct filter_instance *f = pipeline_filter(x, i);
+        if (f && f->type->on_response)
+            f->type->on_response(f->instance, x, x->filter_state ? x->filter_state[i] : NULL);
+    }
+}
+
+static void allocate_filter_state(struct exchange *x)
+{
+    size_t n = pipeline_length(x);
+    if (n == 0)
+        return;
+    x->filter_state = arena_calloc(x->arena, n * sizeof *x->filter_state);
+    for (size_t i = 0; i < n; i++) {
+        const struct filter_instance *f = pipeline_filter(x, i);
+        if (f->type->state_size)
+            x->filter_state[i] = arena_calloc(x->arena, f->type->state_size);
+    }
+}
+
+/* ---- starting a request --------------------------------------------------- */
+
+/* Splits the request-target into path and query and finds the authority. Returns 0 or 400. */
+static int parse_target(struct exchange *x)
+{
+    struct slice t = x->target;
+    struct slice path = t;
+    if (t.len > 0 && t.base[0] != '/') {
+        /* absolute-form (RFC 9112 3.2.2): the authority is the Host (SPEC 7). */
+        size_t skip = 0;
+        if (t.len > 7 && strncasecmp(t.base, "http://", 7) == 0)
+            skip = 7;
+        else if (t.len > 8 && strncasecmp(t.base, "https://", 8) == 0)
+            skip = 8;
+        else
+            return 400;
+        size_t end = skip;
+        while (end < t.len && t.base[end] != '/' && t.base[end] != '?')
+            end++;
+        if (end == skip)
+            return 400;
+        x->host = slice_make(t.base + skip, end - skip);
+        header_set(&x->req_headers, SLICE_LIT("Host"), x->host);
+        path = end < t.len && t.base[end] == '/' ? slice_make(t.base + end, t.len - end)
+                                                 : SLICE_LIT("/");
+        if (end < t.len && t.base[end] == '?') {
+            /* "http://h?q": the path is "/" and the query follows. */
+            x->has_query = true;
+            x->query = slice_make(t.base + end + 1, t.len - end - 1);
+        }
+    }
+    const char *q = memchr(path.base, '?', path.len);
+    if (q) {
+        x->has_query = true;
+        x->query = slice_make(q + 1, path.len - (size_t)(q + 1 - path.base));
+        path.len = (size_t)(q - path.base);
+    }
+    if (router_normalize_path(x->arena, path, &x->path) < 0)
+        return 400;
+    return 0;
+}
+
+void exchange_start(struct exchange *x)
+{
+    if (!x->request_id.len)
+        assign_request_id(x);
+    if (x->host.len == 0) {
+        const struct slice *h = header_get(&x->req_headers, SLICE_LIT("Host"));
+        if (h)
+            x->host = *h;
+    }
+    int bad = parse_target(x);
+    if (bad) {
+        exchange_respond_error(x, bad, "the request target is malformed");
+        exchange_reply(x);
+        return;
+    }
+    struct router_request rq = {
+        .method = x->method,
+        .host = x->host,
+        .path = x->path,
+        .query = x->query,
+        .headers = &x->req_headers,
+    };
+    if (router_match(x->snapshot, x->arena, &rq, &x->match))
+        x->route = x->match.route;
+    allocate_filter_state(x);
+    run_request_filters(x);
+}
+
+static void after_request_filters(struct exchange *x)
+{
+    const struct route_config *r = x->route;
+    if (!r) {
+        exchange_respond_error(x, 404, NULL);
+        exchange_reply(x);
+        return;
+    }
+    switch (r->action) {
+    case ROUTE_RESPOND:
+        for (size_t i = 0; i < r->num_respond_headers; i++)
+            header_set(&x->resp_headers, r->respond_headers[i].name, r->respond_headers[i].value);
+        exchange_respond(x, r->respond_status, slice_make("", 0),
+                         slice_make(r->respond_body, r->respond_body_len));
+        x->gateway_response = false; /* the configured answer, not an error */
+        exchange_reply(x);
+        return;
+    case ROUTE_REDIRECT: {
+        struct slice loc = router_expand_location(x->arena, r->redirect_location, &x->match);
+        header_set(&x->resp_headers, SLICE_LIT("Location"), loc);
+        exchange_respond(x, r->redirect_status, slice_make("", 0), slice_make("", 0));
+        x->gateway_response = false;
+        exchange_reply(x);
+        return;
+    }
+    case ROUTE_UPSTREAM:
+        if (x->expect_continue && x->req_has_body && !x->req_body_done &&
+            x->client->ops->send_continue)
+            x->client->ops->send_continue(x);
+        proxy_start(x);
+        return;
+    }
+}
+
+/* ---- request body, drain, abort -------------------------------------------- */
+
+void exchange_on_request_body(struct exchange *x)
+{
+    if (x->proxy) {
+        proxy_on_request_body(x);
+        return;
+    }
+    /* Nobody consumes the body yet (a filter paused): hold at most the high-water mark. */
+    if (!x->body_held && !x->req_body_done &&
+        evbuffer_get_length(x->req_body) > EXCHANGE_BODY_HIGH_WATER) {
+        x->body_held = true;
+        x->client->ops->pause_body(x, true);
+    }
+}
+
+void exchange_on_client_drain(struct exchange *x)
+{
+    if (x->proxy)
+        proxy_on_client_drain(x);
+}
+
+void exchange_on_client_abort(struct exchange *x)
+{
+    /* The client side is gone: nothing more is sent; cleanups stop the upstream. */
+    x->finished = true;
+    if (!x->status)
+        x->status = 499; /* logged only: the client closed before the response */
+    accesslog_write(x);
+    metrics_exchange_done(x);
+    exchange_free(x);
+}
+
+/* ---- response ----------------------------------------------------------- */
+
+void exchange_send_head(struct exchange *x)
+{
+    if (!x->request_id.len)
+        assign_request_id(x);
+    run_response_filters(x);
+    header_set(&x->resp_headers, SLICE_LIT("X-Request-Id"), x->request_id);
+    if (x->status < 200 || x->status == 204 || x->status == 304 ||
+        slice_eq(x->method, SLICE_LIT("HEAD")))
+        x->resp_no_body = true;
+    x->head_sent = true;
+    x->client->ops->send_head(x);
+}
+
+void exchange_send_body(struct exchange *x, struct evbuffer *data)
+{
+    x->bytes_out += evbuffer_get_length(data);
+    x->client->ops->send_body(x, data);
+}
+
+void exchange_end(struct exchange *x)
+{
+    x->finished = true;
+    x->client->ops->send_end(x);
+    accesslog_write(x);
+    metrics_exchange_done(x);
+    exchange_free(x);
+}
+
+void exchange_abort(struct exchange *x)
+{
+    x->finished = true;
+    x->client->ops->abort(x);
+    accesslog_write(x);
+    metrics_exchange_done(x);
+    exchange_free(x);
+}
+
+void exchange_reply(struct exchange *x)
+{
+    exchange_send_head(x);
+    if (x->gw_body && evbuffer_get_length(x->gw_body) && !x->resp_no_body)
+        exchange_send_body(x, x->gw_body);
+    exchange_end(x);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 500:
+        return "internal error";
+    default:
+        return "error";
+    }
+}

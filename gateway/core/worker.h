@@ -1,0 +1,129 @@
+/*
+ * worker: one thread with its own event loop (ARCHITECTURE "Threads and
+ * state"): its listening sockets (SO_REUSEPORT), its evdns_base, its view of
+ * the configuration with the upstream run-time state (pools) built for it,
+ * and its client connections.
+ *
+ * Owns: the event_base, the evdns_base, the listeners, every
+ * worker_snapshot it built, and the list of open client connections.
+ * Promises: a request lives and dies on one worker; nothing here is touched
+ * by another thread except through worker_notify() (reload, drain, stop).
+ *
+ * Thread: worker_start/worker_join/worker_notify from the main thread;
+ * everything else on the worker's own thread.
+ */
+#ifndef SLUICE_WORKER_H
+#define SLUICE_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/header.h"
+
+struct event;
+struct event_base;
+struct evdns_base;
+struct listener;
+struct snapshot;
+struct upstream_rt;
+struct client_conn;
+struct deadlines;
+
+/*
+ * The part of every client connection the worker sees, whatever its codec:
+ * a link in the worker's list and what to do when the worker drains or stops.
+ */
+struct client_conn {
+    struct client_conn *next;
+    struct client_conn *prev;
+    /* Draining: close now if idle, else close after the current response. */
+    void (*on_drain)(struct client_conn *c);
+    /* Stopping: close at once. */
+    void (*on_stop)(struct client_conn *c);
+};
+
+/*
+ * A worker's view of one snapshot: the snapshot plus the run-time state of
+ * its upstreams on this worker. Exchanges hold it (refs); it is freed on the
+ * worker's thread once it is no longer current and no exchange holds it.
+ */
+struct worker_snapshot {
+    struct snapshot *snapshot;
+    struct upstream_rt **upstreams; /* indexed like snapshot->upstreams */
+    unsigned refs;
+    struct worker *worker;
+    struct worker_snapshot *next; /* older views still in use */
+};
+
+enum worker_command {
+    WORKER_RELOAD = 1 << 0, /* a new snapshot is in force: sync listeners */
+    WORKER_DRAIN = 1 << 1,  /* stop accepting, close idle connections, exit when empty */
+    WORKER_STOP = 1 << 2,   /* exit now */
+};
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct deadlines *deadlines; /* connection timeouts and deferred work */
+    struct event *notify;        /* reads notify_fd */
+    int notify_fd;               /* eventfd written by worker_notify */
+    atomic_int commands;         /* enum worker_command bits, set by worker_notify */
+    struct listener *listeners;  /* linked list */
+    struct worker_snapshot *current;
+    struct worker_snapshot *old; /* views still held by exchanges */
+    struct client_conn *conns;   /* open client connections, linked */
+    unsigned num_conns;
+    bool draining;
+    bool run_health_checks;
+    struct header *parse_headers; /* scratch for the HTTP/1 head parser */
+    size_t parse_cap;
+    uint64_t rng[2]; /* xorshift128+ state: request ids, random balancing */
+    atomic_bool exited;
+};
+
+/*
+ * Creates worker `id` with its own event_base and evdns_base, and binds its
+ * listening sockets for `s`. Returns NULL and prints one line naming the
+ * config path (listen[N].address) and the reason when a socket cannot be
+ * bound.
+ */
+struct worker *worker_new(int id, struct snapshot *s);
+
+/* Starts the worker's thread. Returns 0 or -1. */
+int worker_start(struct worker *w);
+
+/* Asks the worker to act (thread-safe): sets the command bits and wakes its loop. */
+void worker_notify(struct worker *w, enum worker_command cmd);
+
+/* Waits for the thread and frees everything the worker owns. */
+void worker_join_free(struct worker *w);
+
+/*
+ * The worker's view of the configuration in force, with one more reference
+ * (builds a new view when a reload happened). Release with
+ * worker_snapshot_release().
+ */
+struct worker_snapshot *worker_snapshot_acquire(struct worker *w);
+void worker_snapshot_release(struct worker_snapshot *ws);
+
+/* 64 random bits from the worker's generator. */
+uint64_t worker_random(struct worker *w);
+
+/* Called by codecs when a client connection opens or closes. */
+void worker_conn_added(struct worker *w, struct client_conn *c);
+void worker_conn_removed(struct worker *w, struct client_conn *c);
+
+/*
+ * Unlinks `c` without counting a closed connection: its socket lives on in
+ * another codec that linked itself already (a finished TLS handshake).
+ */
+void worker_conn_detach(struct worker *w, struct client_conn *c);
+
+/* The worker of the calling thread, or NULL on the main thread. */
+struct worker *worker_self(void);
+
+#endif
