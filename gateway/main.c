@@ -54,10 +54,11 @@ struct gateway {
 static void usage(FILE *out)
 {
     fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h]\n"
-                 "  -c FILE  configuration file (default: $SLUICE_CONFIG, else ./sluice.json)\n"
-                 "  -t       check the configuration and exit\n"
-                 "  -V       print the version and library versions\n"
-                 "  -h       this help\n");
+                 "  -c, --config FILE  configuration file (default: $SLUICE_CONFIG, else "
+                 "./sluice.json)\n"
+                 "  -t, --test         check the configuration and exit\n"
+                 "  -V, --version      print the version and library versions\n"
+                 "  -h, --help         this help\n");
 }
 
 static void print_version(void)
@@ -180,9 +181,20 @@ int main(int argc, char **argv)
 {
     const char *file = NULL;
     bool check_only = false;
+    /* SPEC 7 "long options": the long forms of -c -t -V -h. */
+    static const struct option long_options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
     int opt;
     opterr = 0;
-    while ((opt = getopt(argc, argv, ":c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, ":c:tVh", long_options, NULL)) != -1) {
+        /* The word getopt stopped at, to name a long option in messages. */
+        const char *word = argv[optind - 1];
+        bool is_long = strncmp(word, "--", 2) == 0;
         switch (opt) {
         case 'c':
             file = optarg;
@@ -197,11 +209,20 @@ int main(int argc, char **argv)
             usage(stdout);
             return EXIT_OK;
         case ':':
-            fprintf(stderr, "sluice: option -%c needs an argument\n", optopt);
+            if (is_long)
+                fprintf(stderr, "sluice: option %s needs an argument\n", word);
+            else
+                fprintf(stderr, "sluice: option -%c needs an argument\n", optopt);
             usage(stderr);
             return EXIT_USAGE;
         default:
-            fprintf(stderr, "sluice: unknown option -%c\n", optopt);
+            if (is_long && optopt)
+                fprintf(stderr, "sluice: option %.*s takes no argument\n", (int)strcspn(word, "="),
+                        word);
+            else if (is_long)
+                fprintf(stderr, "sluice: unknown option %.*s\n", (int)strcspn(word, "="), word);
+            else
+                fprintf(stderr, "sluice: unknown option -%c\n", optopt);
             usage(stderr);
             return EXIT_USAGE;
         }
