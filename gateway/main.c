@@ -23,6 +23,7 @@
 #include "ops/accesslog.h"
 #include "ops/admin.h"
 #include "base/arena.h"
+#include "base/clock.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "base/log.h"
@@ -83,13 +84,6 @@ static void print_errors(struct config_error *err, bool to_log)
     }
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void reload(struct gateway *g, const char *file)
 {
     struct config_error err = {0};
@@ -126,7 +120,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(g->base);
         return;
     }
-    if (!g->stopping && now_ms() >= g->drain_deadline_ms) {
+    if (!g->stopping && clock_mono_ms() >= g->drain_deadline_ms) {
         log_warn("drain_timeout_ms passed: closing the remaining connections");
         g->stopping = true;
         for (int i = 0; i < g->num_workers; i++)
@@ -142,7 +136,7 @@ static void begin_drain(struct gateway *g)
     admin_set_draining(true);
     log_info("draining: no new connections, up to %d ms for requests in flight",
              g->drain_timeout_ms);
-    g->drain_deadline_ms = now_ms() + g->drain_timeout_ms;
+    g->drain_deadline_ms = clock_mono_ms() + g->drain_timeout_ms;
     for (int i = 0; i < g->num_workers; i++)
         worker_notify(g->workers[i], WORKER_DRAIN);
     g->poll = event_new(g->base, -1, EV_PERSIST, on_poll, g);

@@ -6,6 +6,7 @@
 
 #include <event2/buffer.h>
 
+#include "base/clock.h"
 #include "ops/accesslog.h"
 #include "conf/config.h"
 #include "net/conn.h"
@@ -17,13 +18,6 @@
 #define EXCHANGE_ARENA_SIZE 4096
 /* Request body held while no upstream takes it yet (filters still running). */
 #define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static void on_arena_free_body(void *arg)
 {
@@ -41,7 +35,7 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
     x->snapshot = x->view->snapshot;
     x->req_length = -1;
     x->resp_length = -1;
-    x->start_us = now_us();
+    x->start_us = clock_mono_us();
     header_list_init(&x->req_headers, a, 0);
     header_list_init(&x->resp_headers, a, 16);
     header_list_init(&x->resp_trailers, a, 0);
