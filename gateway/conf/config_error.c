@@ -11,13 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/log.h"
 #include "conf/config_int.h"
 
 /* ---------------------------------------------------------------- memory */
 
 void config_out_of_memory(void)
 {
-    fputs("sluice: out of memory while loading the configuration\n", stderr);
+    log_error("out of memory while loading the configuration");
     abort();
 }
 

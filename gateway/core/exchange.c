@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 
 #include "base/clock.h"
+#include "base/log.h"
 #include "ops/accesslog.h"
 #include "conf/config.h"
 #include "net/conn.h"
@@ -41,7 +42,7 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
     header_list_init(&x->resp_trailers, a, 0);
     x->req_body = conn_buffer_get(); /* pooled: no allocation per request */
     if (!x->req_body) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     arena_cleanup_add(a, on_arena_free_body, x->req_body);
@@ -159,7 +160,7 @@ static struct evbuffer *gateway_body(struct exchange *x)
     if (!x->gw_body) {
         x->gw_body = evbuffer_new();
         if (!x->gw_body) {
-            fprintf(stderr, "sluice: out of memory\n");
+            log_error("out of memory");
             abort();
         }
         arena_cleanup_add(x->arena, on_arena_free_body, x->gw_body);

@@ -261,7 +261,7 @@ static void h1_send_head(struct exchange *x)
         size += x->resp_headers.items[i].name.len + x->resp_headers.items[i].value.len + 4;
     struct evbuffer_iovec vec;
     if (evbuffer_reserve_space(out, (ev_ssize_t)size, &vec, 1) != 1) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     char *p = vec.iov_base;

@@ -414,7 +414,7 @@ static void h2_send_end(struct exchange *x)
             size += t->items[i].name.len + t->items[i].value.len;
         s->trailers = malloc(size);
         if (!s->trailers) {
-            fprintf(stderr, "sluice: out of memory\n");
+            log_error("out of memory");
             abort();
         }
         char *p = (char *)(s->trailers + t->count);

@@ -4,7 +4,7 @@ import re
 import signal
 import socket
 
-from conftest import free_port, request, run_sluice
+from conftest import free_port, request, run_sluice, wait_until
 
 
 def good_config(port=None):
@@ -263,3 +263,31 @@ def test_sigterm_right_after_start_exits_0(sluice):
     s = sluice(good_config())
     assert request(s.port, "GET", "/").body == b"hi"
     assert s.stop(signal.SIGTERM, timeout=5) == 0
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z sluice\[[^\]]+\] "
+                      r"(error|warn|info|debug): ")
+
+
+def test_dns_and_health_messages_have_timestamp_and_level(sluice):
+    """Every message goes through the error log; a DNS failure is reported
+    once, not once per worker."""
+    closed = free_port()
+    cfg = good_config()
+    cfg["workers"] = 2
+    cfg["upstreams"] = {
+        "named": {"targets": ["no-such-host.invalid:80"], "dns_refresh_ms": 60000},
+        "checked": {"targets": [f"127.0.0.1:{closed}"],
+                    "health_check": {"path": "/", "interval_ms": 100, "unhealthy_after": 1}},
+    }
+    s = sluice(cfg)
+    wait_until(lambda: "is down (health check)" in s.stderr() and "cannot resolve" in s.stderr(),
+               timeout=10, what="the DNS and health-check messages")
+    err = lines(s.stderr().encode())
+    for line in err:
+        assert LOG_LINE.match(line), line
+    dns = [l for l in err if "upstream named: cannot resolve no-such-host.invalid" in l]
+    assert len(dns) == 1, err
+    assert " warn: " in dns[0], dns
+    down = [l for l in err if f"upstream checked: target 127.0.0.1:{closed} is down" in l]
+    assert len(down) == 1 and " warn: " in down[0], err
