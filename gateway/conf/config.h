@@ -8,7 +8,8 @@
  * after config_load() returns it, so every worker may read it without locks;
  * it is freed when its last reference is released. Loading reports every
  * error of the file in one run, each naming the JSON path (SPEC 7) or the
- * line and column of a syntax error.
+ * line and column of a syntax error (conf/config_error.h; the loader's
+ * files are conf/config*.c and conf/env.c).
  *
  * Thread: config_load() runs on the main thread; snapshot_hold/release from
  * any thread (atomic refcount). The current snapshot is published with

@@ -22,6 +22,7 @@
 #include "conf/config.h"
 #include "upstream/health.h"
 #include "net/tls.h"
+#include "base/clock.h"
 #include "base/log.h"
 
 /* The passive mark's length when the upstream has no health_check (SPEC 2.3). */
@@ -70,9 +71,7 @@ static struct target_health *health_table;
 
 int64_t upstream_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_mono_ms();
 }
 
 static struct target_health *health_lookup(const char *upstream, const char *address)
