@@ -282,7 +282,7 @@ def test_dns_and_health_messages_have_timestamp_and_level(sluice):
     }
     s = sluice(cfg)
     wait_until(lambda: "is down (health check)" in s.stderr() and "cannot resolve" in s.stderr(),
-               timeout=10, what="the DNS and health-check messages")
+               timeout=20, what="the DNS and health-check messages")
     err = lines(s.stderr().encode())
     for line in err:
         assert LOG_LINE.match(line), line
