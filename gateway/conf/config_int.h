@@ -65,6 +65,7 @@ struct buf {
     size_t cap;
 };
 
+/* Appends s[0..n) and keeps the buffer NUL-terminated; aborts when out of memory. */
 void buf_add(struct buf *b, const char *s, size_t n);
 
 static inline void buf_str(struct buf *b, const char *s)
