@@ -62,22 +62,6 @@ struct headers_filter {
 /* Variable names in the order of enum exchange_var, for error messages. */
 static const char valid_vars[] = "remote_addr, request_id, consumer, host, route, client_subject";
 
-/* RFC 9110 5.6.2 tchar. */
-static bool is_tchar(unsigned char c)
-{
-    return isalnum(c) || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-static bool is_token(const char *s, size_t len)
-{
-    if (len == 0)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (!is_tchar((unsigned char)s[i]))
-            return false;
-    return true;
-}
-
 /* CR, LF and NUL would split or truncate the header field (RFC 9110 5.5). */
 static bool is_bad_value_char(char c)
 {
@@ -227,7 +211,7 @@ static int op_name(struct header_op *op, const char *name, struct config_error *
                    const char *subpath)
 {
     size_t len = strlen(name);
-    if (!is_token(name, len)) {
+    if (!config_is_token(name, len)) {
         config_error_add(err, subpath, "\"%s\" is not a valid header name (RFC 9110 token)", name);
         return -1;
     }
@@ -332,11 +316,9 @@ static int parse_changes(struct header_changes *c, const json_t *obj, struct con
         return -1;
     }
     /* config_check_keys reports at err->path, so point it at this object first. */
-    char saved[sizeof(err->path)];
-    memcpy(saved, err->path, sizeof(saved));
-    snprintf(err->path, sizeof(err->path), "%s%s", saved, prefix);
+    size_t mark = config_path_push(err, prefix);
     int rc = config_check_keys(err, obj, keys) ? -1 : 0;
-    memcpy(err->path, saved, sizeof(saved));
+    config_path_pop(err, mark);
 
     const json_t *v;
     snprintf(sub, sizeof(sub), "%s.set", prefix);

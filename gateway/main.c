@@ -23,6 +23,7 @@
 #include "ops/accesslog.h"
 #include "ops/admin.h"
 #include "base/arena.h"
+#include "base/clock.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "base/log.h"
@@ -54,10 +55,11 @@ struct gateway {
 static void usage(FILE *out)
 {
     fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h]\n"
-                 "  -c FILE  configuration file (default: $SLUICE_CONFIG, else ./sluice.json)\n"
-                 "  -t       check the configuration and exit\n"
-                 "  -V       print the version and library versions\n"
-                 "  -h       this help\n");
+                 "  -c, --config FILE  configuration file (default: $SLUICE_CONFIG, else "
+                 "./sluice.json)\n"
+                 "  -t, --test         check the configuration and exit\n"
+                 "  -V, --version      print the version and library versions\n"
+                 "  -h, --help         this help\n");
 }
 
 static void print_version(void)
@@ -80,13 +82,6 @@ static void print_errors(struct config_error *err, bool to_log)
         else
             fprintf(stderr, "%s\n", err->messages[i]);
     }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void reload(struct gateway *g, const char *file)
@@ -125,7 +120,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(g->base);
         return;
     }
-    if (!g->stopping && now_ms() >= g->drain_deadline_ms) {
+    if (!g->stopping && clock_mono_ms() >= g->drain_deadline_ms) {
         log_warn("drain_timeout_ms passed: closing the remaining connections");
         g->stopping = true;
         for (int i = 0; i < g->num_workers; i++)
@@ -141,7 +136,7 @@ static void begin_drain(struct gateway *g)
     admin_set_draining(true);
     log_info("draining: no new connections, up to %d ms for requests in flight",
              g->drain_timeout_ms);
-    g->drain_deadline_ms = now_ms() + g->drain_timeout_ms;
+    g->drain_deadline_ms = clock_mono_ms() + g->drain_timeout_ms;
     for (int i = 0; i < g->num_workers; i++)
         worker_notify(g->workers[i], WORKER_DRAIN);
     g->poll = event_new(g->base, -1, EV_PERSIST, on_poll, g);
@@ -180,9 +175,20 @@ int main(int argc, char **argv)
 {
     const char *file = NULL;
     bool check_only = false;
+    /* SPEC 7 "long options": the long forms of -c -t -V -h. */
+    static const struct option long_options[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
     int opt;
     opterr = 0;
-    while ((opt = getopt(argc, argv, ":c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, ":c:tVh", long_options, NULL)) != -1) {
+        /* The word getopt stopped at, to name a long option in messages. */
+        const char *word = argv[optind - 1];
+        bool is_long = strncmp(word, "--", 2) == 0;
         switch (opt) {
         case 'c':
             file = optarg;
@@ -197,11 +203,20 @@ int main(int argc, char **argv)
             usage(stdout);
             return EXIT_OK;
         case ':':
-            fprintf(stderr, "sluice: option -%c needs an argument\n", optopt);
+            if (is_long)
+                fprintf(stderr, "sluice: option %s needs an argument\n", word);
+            else
+                fprintf(stderr, "sluice: option -%c needs an argument\n", optopt);
             usage(stderr);
             return EXIT_USAGE;
         default:
-            fprintf(stderr, "sluice: unknown option -%c\n", optopt);
+            if (is_long && optopt)
+                fprintf(stderr, "sluice: option %.*s takes no argument\n", (int)strcspn(word, "="),
+                        word);
+            else if (is_long)
+                fprintf(stderr, "sluice: unknown option %.*s\n", (int)strcspn(word, "="), word);
+            else
+                fprintf(stderr, "sluice: unknown option -%c\n", optopt);
             usage(stderr);
             return EXIT_USAGE;
         }

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/log.h"
+
 #define ALIGN alignof(max_align_t)
 #define BLOCK_MIN 256
 #define BLOCK_MAX (1024 * 1024)
@@ -56,7 +58,7 @@ static _Thread_local int num_spare;
 
 static _Noreturn void out_of_memory(size_t n)
 {
-    fprintf(stderr, "sluice: arena: out of memory allocating %zu bytes\n", n);
+    log_error("arena: out of memory allocating %zu bytes", n);
     abort();
 }
 

@@ -5,6 +5,8 @@
 
 #include <event2/event.h>
 
+#include "base/clock.h"
+
 /* Distinct durations with a list of their own; more share the last list, kept sorted. */
 #define DEADLINE_LISTS 16
 
@@ -22,14 +24,6 @@ struct deadlines {
     int num_lists;
     struct deadline_list defer;
 };
-
-/* A coarse monotonic clock is plenty for timeouts and costs no syscall. */
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void unlink_node(struct deadline *d)
 {
@@ -58,7 +52,7 @@ static void schedule(struct deadline_list *l, int64_t now)
 static void on_list_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct deadline_list *l = arg;
-    int64_t now = now_ms();
+    int64_t now = clock_coarse_ms();
     /* The callback may re-arm into this list (at its tail) or free other nodes. */
     while (l->head && l->head->when_ms <= now) {
         struct deadline *d = l->head;
@@ -137,7 +131,7 @@ void deadline_arm(struct deadlines *ds, struct deadline *d, int timeout_ms)
         unlink_node(d);
     if (timeout_ms < 0)
         timeout_ms = 0;
-    int64_t now = now_ms();
+    int64_t now = clock_coarse_ms();
     struct deadline_list *l = list_for(ds, timeout_ms);
     d->when_ms = now + timeout_ms;
     d->list = l;

@@ -5,6 +5,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
+
 static enum log_level max_level = LOG_INFO;
 static _Thread_local char thread_name[32] = "main";
 
@@ -25,9 +27,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     if (level > max_level)
         return;
     char line[2048];
-    struct timespec ts;
+    struct timespec ts = clock_real();
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int n = snprintf(line, sizeof line,
                      "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ sluice[%s] %s: ", tm.tm_year + 1900,

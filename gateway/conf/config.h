@@ -8,7 +8,8 @@
  * after config_load() returns it, so every worker may read it without locks;
  * it is freed when its last reference is released. Loading reports every
  * error of the file in one run, each naming the JSON path (SPEC 7) or the
- * line and column of a syntax error.
+ * line and column of a syntax error (conf/config_error.h; the loader's
+ * files are conf/config*.c and conf/env.c).
  *
  * Thread: config_load() runs on the main thread; snapshot_hold/release from
  * any thread (atomic refcount). The current snapshot is published with
@@ -17,7 +18,6 @@
 #ifndef SLUICE_CONFIG_H
 #define SLUICE_CONFIG_H
 
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -31,53 +31,12 @@
 
 #include "base/header.h"
 #include "base/slice.h"
+#include "conf/config_error.h"
 
 struct filter_type;
 struct router;
 struct tls_client;
 struct tls_server;
-
-/*
- * Errors found while loading. `path` is the JSON path of the object being
- * compiled (e.g. "routes[2].filters[0]"); config_error_add() appends a
- * sub-path to it. `dir` is the config file's folder: relative file names in
- * options resolve against it (SPEC 7).
- */
-struct config_error {
-    const char *file; /* as given on the command line, for messages */
-    const char *dir;
-    char path[512];
-    char **messages; /* each "FILE: PATH: text", malloc'd */
-    size_t count;
-    size_t cap;
-};
-
-/*
- * Records "FILE: PATH<subpath>: <message>". `subpath` is appended to the
- * current path as is (".rate", "[0]", "" for the object itself).
- */
-void config_error_add(struct config_error *err, const char *subpath, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Records a message that has no JSON path (syntax errors, missing file). */
-void config_error_raw(struct config_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-void config_error_clear(struct config_error *err);
-
-/* Helpers for filters' create(): check keys of an options object. */
-/* Reports every key of `obj` not in the NULL-terminated `allowed` list (keys starting with '_' are
- * comments). Returns the number of unknown keys. */
-int config_check_keys(struct config_error *err, const json_t *obj, const char *const *allowed);
-
-/*
- * Writes the JSON-path step for member `key` (SPEC 7): ".key" for a plain
- * identifier, else ["key"] with '"', '\\' and control characters escaped.
- */
-void config_path_member(char *out, size_t cap, const char *key);
-
-/* Joins `name` to err->dir unless it is absolute; returns a malloc'd path. */
-char *config_resolve_path(const struct config_error *err, const char *name);
 
 struct listen_config {
     char *address; /* as written, e.g. "0.0.0.0:8080", "[::]:8443" */

@@ -6,6 +6,8 @@
 
 #include <event2/buffer.h>
 
+#include "base/clock.h"
+#include "base/log.h"
 #include "ops/accesslog.h"
 #include "conf/config.h"
 #include "net/conn.h"
@@ -17,13 +19,6 @@
 #define EXCHANGE_ARENA_SIZE 4096
 /* Request body held while no upstream takes it yet (filters still running). */
 #define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 static void on_arena_free_body(void *arg)
 {
@@ -41,13 +36,13 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
     x->snapshot = x->view->snapshot;
     x->req_length = -1;
     x->resp_length = -1;
-    x->start_us = now_us();
+    x->start_us = clock_mono_us();
     header_list_init(&x->req_headers, a, 0);
     header_list_init(&x->resp_headers, a, 16);
     header_list_init(&x->resp_trailers, a, 0);
     x->req_body = conn_buffer_get(); /* pooled: no allocation per request */
     if (!x->req_body) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     arena_cleanup_add(a, on_arena_free_body, x->req_body);
@@ -165,7 +160,7 @@ static struct evbuffer *gateway_body(struct exchange *x)
     if (!x->gw_body) {
         x->gw_body = evbuffer_new();
         if (!x->gw_body) {
-            fprintf(stderr, "sluice: out of memory\n");
+            log_error("out of memory");
             abort();
         }
         arena_cleanup_add(x->arena, on_arena_free_body, x->gw_body);

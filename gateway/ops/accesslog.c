@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "conf/config.h"
 #include "core/exchange.h"
 #include "base/log.h"
@@ -159,13 +160,6 @@ static const char *protocol_name(const struct exchange *x)
     return "HTTP/1.1";
 }
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 void accesslog_write(const struct exchange *x)
 {
     const struct access_log_config *cfg = &x->snapshot->access_log;
@@ -173,11 +167,10 @@ void accesslog_write(const struct exchange *x)
         return;
     char buf[8192];
     char *p = buf, *end = buf + sizeof buf - 2;
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
+    struct timespec now = clock_real();
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
-    int64_t dur_us = mono_us() - x->start_us;
+    int64_t dur_us = clock_mono_us() - x->start_us;
     if (cfg->format == ACCESS_LOG_COMBINED) {
         static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};

@@ -9,6 +9,7 @@
 
 #include <event2/buffer.h>
 
+#include "base/clock.h"
 #include "conf/config.h"
 #include "core/exchange.h"
 
@@ -193,9 +194,7 @@ static const char no_route[] = "(none)";
 
 void metrics_exchange_done(const struct exchange *x)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    int64_t now = clock_mono_us();
     double secs = (double)(now - x->start_us) / 1e6;
     int code = x->status >= 100 && x->status <= 999 ? x->status : 499;
     struct table *t = table();

@@ -10,6 +10,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "base/container_of.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "base/deadline.h"
@@ -81,7 +82,7 @@ static void start_closing(struct h1_conn *h);
 
 static struct h1_conn *from_side(struct exchange *x)
 {
-    return (struct h1_conn *)((char *)x->client - offsetof(struct h1_conn, side));
+    return container_of(x->client, struct h1_conn, side);
 }
 
 static const struct limits_config *limits(struct h1_conn *h)
@@ -260,7 +261,7 @@ static void h1_send_head(struct exchange *x)
         size += x->resp_headers.items[i].name.len + x->resp_headers.items[i].value.len + 4;
     struct evbuffer_iovec vec;
     if (evbuffer_reserve_space(out, (ev_ssize_t)size, &vec, 1) != 1) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     char *p = vec.iov_base;
@@ -880,12 +881,12 @@ static void on_timer(struct h1_conn *h)
 
 static void on_timeout(struct deadline *d)
 {
-    on_timer((struct h1_conn *)((char *)d - offsetof(struct h1_conn, timeout)));
+    on_timer(container_of(d, struct h1_conn, timeout));
 }
 
 static void on_kick(struct deadline *d)
 {
-    on_timer((struct h1_conn *)((char *)d - offsetof(struct h1_conn, kick)));
+    on_timer(container_of(d, struct h1_conn, kick));
 }
 
 /* ---- worker hooks ------------------------------------------------------------ */

@@ -10,6 +10,8 @@
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 
+#include "base/clock.h"
+#include "base/container_of.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "core/exchange.h"
@@ -125,7 +127,7 @@ static void run(struct h2_conn *h);
 
 static struct h2_stream *from_side(struct exchange *x)
 {
-    return (struct h2_stream *)((char *)x->client - offsetof(struct h2_stream, side));
+    return container_of(x->client, struct h2_stream, side);
 }
 
 static const struct limits_config *limits(struct h2_conn *h)
@@ -152,13 +154,6 @@ static void schedule(struct h2_conn *h)
     }
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Ends the connection with GOAWAY(ENHANCE_YOUR_CALM): the peer is abusive. */
 static void calm_down(struct h2_conn *h, const char *why)
 {
@@ -173,7 +168,7 @@ static void calm_down(struct h2_conn *h, const char *why)
 /* Starts a new one-second window for the flood counters when the last one is over. */
 static void tick(struct h2_conn *h)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_coarse_ms();
     if (now - h->window_start_ms >= 1000) {
         h->window_start_ms = now;
         h->resets = 0;
@@ -419,7 +414,7 @@ static void h2_send_end(struct exchange *x)
             size += t->items[i].name.len + t->items[i].value.len;
         s->trailers = malloc(size);
         if (!s->trailers) {
-            fprintf(stderr, "sluice: out of memory\n");
+            log_error("out of memory");
             abort();
         }
         char *p = (char *)(s->trailers + t->count);
@@ -1144,7 +1139,7 @@ int http2_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
         free(h);
         return -1;
     }
-    h->window_start_ms = now_ms();
+    h->window_start_ms = clock_coarse_ms();
     if (c->ssl)
         h->client_subject = tls_peer_subject(c->ssl);
     h->conn = c;

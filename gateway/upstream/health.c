@@ -19,6 +19,7 @@
 #include "net/conn.h"
 #include "net/tls.h"
 #include "upstream/upstream.h"
+#include "base/log.h"
 
 /* Enough for "HTTP/1.1 200 " and a reason phrase; longer lines are judged on this prefix. */
 #define STATUS_LINE_MAX 256
@@ -49,15 +50,15 @@ static void record(struct health_checker *hc, struct target *t, bool success)
         int n = atomic_fetch_add(&th->successes, 1) + 1;
         if (n >= (h->healthy_after > 0 ? h->healthy_after : 1) &&
             atomic_exchange(&th->active_down, false))
-            fprintf(stderr, "sluice: upstream %s: target %s is up (health check)\n",
-                    hc->upstream->cfg->name, t->name);
+            log_info("upstream %s: target %s is up (health check)", hc->upstream->cfg->name,
+                     t->name);
     } else {
         atomic_store(&th->successes, 0);
         int n = atomic_fetch_add(&th->failures, 1) + 1;
         if (n >= (h->unhealthy_after > 0 ? h->unhealthy_after : 1) &&
             !atomic_exchange(&th->active_down, true))
-            fprintf(stderr, "sluice: upstream %s: target %s is down (health check)\n",
-                    hc->upstream->cfg->name, t->name);
+            log_warn("upstream %s: target %s is down (health check)", hc->upstream->cfg->name,
+                     t->name);
     }
 }
 

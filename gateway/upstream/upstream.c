@@ -22,6 +22,8 @@
 #include "conf/config.h"
 #include "upstream/health.h"
 #include "net/tls.h"
+#include "base/clock.h"
+#include "base/log.h"
 
 /* The passive mark's length when the upstream has no health_check (SPEC 2.3). */
 #define PASSIVE_DOWN_DEFAULT_MS 5000
@@ -45,6 +47,7 @@ struct resolver {
     const struct target_config *config;
     struct name_lookup *lookup; /* in flight, or NULL */
     int last_error;             /* the failure last reported; 0 after a success */
+    bool report;                /* every worker resolves, one (worker 0) logs failures */
 };
 
 struct upstream_impl {
@@ -68,9 +71,7 @@ static struct target_health *health_table;
 
 int64_t upstream_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_mono_ms();
 }
 
 static struct target_health *health_lookup(const char *upstream, const char *address)
@@ -213,8 +214,7 @@ static struct target *add_target(struct upstream_rt *u, const struct target_conf
     u->targets[u->num_targets++] = t;
     return t;
 fail:
-    fprintf(stderr, "sluice: upstream %s: cannot add a target for %s: out of memory\n",
-            u->cfg->name, tc->host);
+    log_error("upstream %s: cannot add a target for %s: out of memory", u->cfg->name, tc->host);
     free(t);
     return NULL;
 }
@@ -283,9 +283,9 @@ static void resolved(struct resolver *r, int result, struct evutil_addrinfo *res
     }
     /* Existing targets stay as they are: a DNS hiccup must not empty the upstream. */
     int error = result ? result : EVUTIL_EAI_NONAME;
-    if (error != r->last_error)
-        fprintf(stderr, "sluice: warning: upstream %s: cannot resolve %s: %s\n",
-                r->upstream->cfg->name, r->config->host, evutil_gai_strerror(error));
+    if (r->report && error != r->last_error)
+        log_warn("upstream %s: cannot resolve %s: %s", r->upstream->cfg->name, r->config->host,
+                 evutil_gai_strerror(error));
     r->last_error = error;
 }
 
@@ -390,6 +390,7 @@ struct upstream_rt *upstream_rt_new(const struct upstream_config *cfg, struct ev
             struct resolver *r = &im->resolvers[im->num_resolvers++];
             r->upstream = u;
             r->config = &cfg->targets[i];
+            r->report = run_health_checks;
         }
         if (cfg->dns_refresh_ms > 0) {
             im->refresh = event_new(base, -1, EV_PERSIST, on_refresh, u);

@@ -10,6 +10,10 @@ of real backends running in threads of this process:
   as JSON and obeys a few X-Echo-* control headers.
 - RawBackend: a plain socket server whose per-connection handler decides the
   exact bytes (misbehaving, slow, silent upstreams).
+- H2Backend: an HTTP/2 upstream (h2c or TLS) that answers by path.
+
+The backends live in backends/ (one module per kind); this file starts and
+stops them through fixtures and re-exports their names for the tests.
 
 Clients: RawConn (exact bytes, pipelining, 100-continue), request() over
 http.client, and curl through subprocess.
@@ -17,7 +21,6 @@ http.client, and curl through subprocess.
 Everything is bounded in time; only processes started here are signalled,
 by PID. A test fails if sluice's stderr carries a sanitizer report.
 """
-import asyncio
 import hashlib
 import http.client
 import json
@@ -31,7 +34,10 @@ import time
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+
+from backends.h2 import H2Backend
+from backends.http import HttpBackend, echo, pattern_bytes, read_body, rec_header  # noqa: F401
+from backends.raw import RawBackend, ServerSide, http_response, slow_upload_backend  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -519,190 +525,6 @@ def parse_one_response(data: bytes, method="GET") -> Resp:
 # backends
 
 
-def pattern_bytes(n: int) -> bytes:
-    """Deterministic bytes (a repeated 1 MiB random-looking block)."""
-    block = _pattern_block()
-    reps = n // len(block) + 1
-    return (block * reps)[:n]
-
-
-_BLOCK = []
-
-
-def _pattern_block():
-    if not _BLOCK:
-        seed = b"sluice"
-        out = bytearray()
-        while len(out) < 1 << 20:
-            seed = hashlib.sha256(seed).digest()
-            out += seed * 4
-        _BLOCK.append(bytes(out[:1 << 20]))
-    return _BLOCK[0]
-
-
-class HttpBackend:
-    """aiohttp server in a thread. handler(request, record, backend) -> response;
-    default: echo() below."""
-
-    def __init__(self, name="backend", handler=None, host="127.0.0.1"):
-        self.name = name
-        self.handler = handler or echo
-        self.host = host
-        self.lock = threading.Lock()
-        self.requests = []
-        self.peers = set()
-        self.active = 0
-        self.max_active = 0
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        self.loop = None
-        self.thread = None
-
-    def start(self):
-        ready = threading.Event()
-        errors = []
-
-        def run():
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-            async def setup():
-                server = web.Server(self._dispatch)
-                self.runner = web.ServerRunner(server, access_log=None, shutdown_timeout=1.0)
-                await self.runner.setup()
-                await web.SockSite(self.runner, self.sock, shutdown_timeout=1.0).start()
-
-            try:
-                self.loop.run_until_complete(setup())
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-            try:
-                self.loop.run_until_complete(
-                    asyncio.wait_for(self.runner.cleanup(), timeout=3))
-            except Exception:  # noqa: BLE001
-                pass
-            self.loop.close()
-
-        self.thread = threading.Thread(target=run, daemon=True, name=f"backend-{self.name}")
-        self.thread.start()
-        assert ready.wait(10), "backend did not start"
-        if errors:
-            raise errors[0]
-        return self
-
-    def stop(self):
-        if self.loop and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        if self.thread:
-            self.thread.join(5)
-
-    async def _dispatch(self, request):
-        raw = request.raw_path
-        path, _, query = raw.partition("?")
-        transport = request.transport
-        peer = transport.get_extra_info("peername") if transport else None
-        record = {
-            "method": request.method,
-            "target": raw,
-            "path": path,
-            "query": query,
-            "headers": list(request.headers.items()),
-            "version": f"HTTP/{request.version.major}.{request.version.minor}",
-            "peer": peer,
-            "body_length": None,
-            "body_sha256": None,
-        }
-        with self.lock:
-            self.requests.append(record)
-            self.peers.add(peer)
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        try:
-            return await self.handler(request, record, self)
-        finally:
-            with self.lock:
-                self.active -= 1
-
-    @property
-    def count(self):
-        with self.lock:
-            return len(self.requests)
-
-    @property
-    def connections(self):
-        with self.lock:
-            return len(self.peers)
-
-    def last(self):
-        with self.lock:
-            return self.requests[-1]
-
-
-def rec_header(record, name):
-    """A header the backend received, values of repeated fields joined."""
-    values = [v for k, v in record["headers"] if k.lower() == name.lower()]
-    return ", ".join(values) if values else None
-
-
-async def read_body(request, record):
-    h = hashlib.sha256()
-    n = 0
-    async for chunk in request.content.iter_any():
-        h.update(chunk)
-        n += len(chunk)
-    record["body_length"] = n
-    record["body_sha256"] = h.hexdigest()
-    return n, h.hexdigest()
-
-
-async def echo(request, record, backend):
-    """Echoes the request as JSON. Control headers:
-    X-Echo-Delay-Ms: sleep first; X-Echo-Status: answer that status (no body
-    for 204/304); X-Echo-Bytes: answer N pattern bytes (streamed)."""
-    n, digest = await read_body(request, record)
-    delay = request.headers.get("X-Echo-Delay-Ms")
-    if delay:
-        await asyncio.sleep(int(delay) / 1000)
-    status = int(request.headers.get("X-Echo-Status", "200"))
-    extra = {"X-Backend": backend.name}
-    if status in (204, 304):
-        return web.Response(status=status, headers=extra)
-    nbytes = request.headers.get("X-Echo-Bytes")
-    if nbytes:
-        size = int(nbytes)
-        resp = web.StreamResponse(status=status, headers=extra)
-        resp.content_length = size
-        resp.content_type = "application/octet-stream"
-        await resp.prepare(request)
-        data = memoryview(pattern_bytes(size))
-        for off in range(0, size, 65536):
-            await resp.write(data[off:off + 65536])
-        await resp.write_eof()
-        return resp
-    headers = {}
-    for k, v in request.headers.items():
-        key = k.lower()
-        headers[key] = headers[key] + ", " + v if key in headers else v
-    body = {
-        "backend": backend.name,
-        "method": record["method"],
-        "path": record["path"],
-        "query": record["query"],
-        "headers": headers,
-        "body_length": n,
-        "body_sha256": digest,
-    }
-    return web.json_response(body, status=status, headers=extra)
-
-
 @pytest.fixture
 def backend():
     """Factory: backend(name='b', handler=None) -> started HttpBackend."""
@@ -716,73 +538,6 @@ def backend():
     yield start
     for b in started:
         b.stop()
-
-
-class RawBackend:
-    """Socket server; handler(conn, backend) runs in a thread per connection,
-    the connection is closed when it returns."""
-
-    def __init__(self, handler, host="127.0.0.1"):
-        self.handler = handler
-        self.lock = threading.Lock()
-        self.connections = 0
-        self.requests = []  # request heads (bytes) handlers recorded
-        self.stopping = threading.Event()
-        self.conns = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"{host}:{self.port}"
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        conn.settimeout(10)
-        try:
-            self.handler(conn, self)
-        except OSError:
-            pass
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
-
-    def record(self, head: bytes):
-        with self.lock:
-            self.requests.append(head)
-
-    @property
-    def count(self):
-        with self.lock:
-            return len(self.requests)
-
-    def stop(self):
-        self.stopping.set()
-        self.sock.close()
-        self.thread.join(2)
-        with self.lock:
-            for c in self.conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 @pytest.fixture
@@ -800,83 +555,19 @@ def raw_backend():
         b.stop()
 
 
-class ServerSide:
-    """Reading helpers for RawBackend handlers."""
+@pytest.fixture
+def h2_backend():
+    """Factory: h2_backend(max_streams=None, tls=None) -> started H2Backend."""
+    started = []
 
-    def __init__(self, conn):
-        self.conn = conn
-        self.buf = b""
+    def start(max_streams=None, tls=None):
+        b = H2Backend(max_streams, tls)
+        started.append(b)
+        return b
 
-    def _fill(self):
-        data = self.conn.recv(262144)
-        if not data:
-            raise ConnectionError("peer closed")
-        self.buf += data
-
-    def read_until(self, marker):
-        while marker not in self.buf:
-            self._fill()
-        idx = self.buf.index(marker) + len(marker)
-        out, self.buf = self.buf[:idx], self.buf[idx:]
-        return out
-
-    def read_exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_head(self):
-        return self.read_until(b"\r\n\r\n")
-
-    @staticmethod
-    def head_header(head: bytes, name: str):
-        for line in head.decode("latin-1").split("\r\n")[1:]:
-            k, _, v = line.partition(":")
-            if k.strip().lower() == name.lower():
-                return v.strip()
-        return None
-
-    def read_body(self, head, sink=None):
-        """Reads a Content-Length or chunked body; sink(bytes) gets pieces,
-        else the body is returned."""
-        parts = []
-        put = sink or parts.append
-        te = (self.head_header(head, "transfer-encoding") or "").lower()
-        if te == "chunked":
-            while True:
-                size = int(self.read_until(b"\r\n").split(b";")[0], 16)
-                if size == 0:
-                    while self.read_until(b"\r\n") != b"\r\n":
-                        pass
-                    break
-                put(self.read_exact(size))
-                self.read_exact(2)
-        else:
-            n = int(self.head_header(head, "content-length") or "0")
-            while n > 0:
-                if not self.buf:
-                    self._fill()
-                piece, self.buf = self.buf[:n], self.buf[n:]
-                n -= len(piece)
-                put(piece)
-        return b"".join(parts)
-
-    def read_request(self, backend=None):
-        head = self.read_head()
-        if backend is not None:
-            backend.record(head)
-        body = self.read_body(head)
-        return head, body
-
-
-def http_response(status=200, body=b"", headers=None, reason="OK") -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    hdrs = dict(headers or {})
-    hdrs.setdefault("Content-Length", str(len(body)))
-    for k, v in hdrs.items():
-        lines.append(f"{k}: {v}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    yield start
+    for b in started:
+        b.stop()
 
 
 def upstream(*targets, **options):
@@ -920,33 +611,3 @@ class RssSampler:
     def __exit__(self, *exc):
         self.stop_evt.set()
         self.thread.join(2)
-
-
-def slow_upload_backend(result, seconds_per_16k, slow_after=2 * (1 << 20)):
-    """A raw_backend handler that reads request bodies slowly (past the first
-    `slow_after` bytes, sleeping `seconds_per_16k` per 16 KiB read) with a
-    small receive buffer, records each head, stores the body's sha256 and
-    length in `result`, and answers 200 with the sha256."""
-    def handler(conn, backend):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
-        side = ServerSide(conn)
-        while True:
-            try:
-                head = side.read_head()
-            except ConnectionError:
-                return
-            backend.record(head)
-            h = hashlib.sha256()
-            n = [0]
-
-            def sink(piece):
-                h.update(piece)
-                n[0] += len(piece)
-                if n[0] > slow_after:  # warm-up requests are small; slow the big one
-                    time.sleep(seconds_per_16k * len(piece) / 16384)
-
-            side.read_body(head, sink)
-            result["sha"] = h.hexdigest()
-            result["n"] = n[0]
-            conn.sendall(http_response(200, h.hexdigest().encode()))
-    return handler

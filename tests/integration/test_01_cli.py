@@ -4,7 +4,7 @@ import re
 import signal
 import socket
 
-from conftest import free_port, request, run_sluice
+from conftest import free_port, request, run_sluice, wait_until
 
 
 def good_config(port=None):
@@ -127,6 +127,22 @@ def test_unset_environment_variable_is_an_error(tmp_path):
     assert any("SLUICE_TEST_UNSET_VARIABLE" in l and l.startswith("sluice.json") for l in err), err
 
 
+def test_unset_environment_variable_hides_no_other_error(tmp_path):
+    """SPEC 2: all errors of a file in one run, an unset variable among them."""
+    cfg = good_config()
+    cfg["routes"][0]["respond"]["body"] = "${SLUICE_TEST_UNSET_VARIABLE}"
+    cfg["routes"].append({"upstream": "ghost"})
+    write(tmp_path, cfg)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = lines(p.stderr)
+    assert any(l.startswith("sluice.json: routes[0].respond.body: environment variable "
+                            "SLUICE_TEST_UNSET_VARIABLE is not set") for l in err), err
+    assert any(l.startswith('sluice.json: routes[1].upstream: unknown upstream "ghost"')
+               for l in err), err
+    assert len(err) == 2, err
+
+
 def test_environment_expansion_in_a_running_gateway(sluice):
     s = sluice({"routes": [
         {"match": {"path": "/set"}, "respond": {"status": 200, "body": "${SLUICE_TEST_GREETING}"}},
@@ -155,6 +171,34 @@ def test_bad_usage_exits_2(tmp_path):
     assert p.returncode == 2, p
     p = run_sluice(["-t", "extra-argument"], tmp_path)
     assert p.returncode == 2, p
+
+
+def test_long_options(tmp_path):
+    """SPEC 7 "long options": --help, --version, --test and --config FILE / --config=FILE."""
+    p = run_sluice(["--help"], tmp_path)
+    assert p.returncode == 0, p
+    out = p.stdout.decode()
+    assert "--config" in out and "--test" in out and "--version" in out and "--help" in out, out
+    assert "unknown option" not in p.stderr.decode(), p.stderr
+    p = run_sluice(["--version"], tmp_path)
+    assert p.returncode == 0, p
+    assert re.match(r"^sluice \d+\.\d+\.\d+", p.stdout.decode()), p.stdout
+    write(tmp_path, good_config(), name="long.json")
+    for args in (["--test", "--config", "long.json"], ["--config=long.json", "--test"]):
+        p = run_sluice(args, tmp_path)
+        assert p.returncode == 0, (args, p)
+        assert p.stdout.decode().strip() == "configuration ok", (args, p)
+    p = run_sluice(["--test", "--config", "missing.json"], tmp_path)
+    assert p.returncode == 1, p
+    assert "missing.json" in p.stderr.decode(), p.stderr
+
+
+def test_bad_long_options_exit_2_and_name_the_option(tmp_path):
+    for args, text in ((["--bogus"], "--bogus"), (["--config"], "--config"),
+                       (["--help=yes"], "--help")):
+        p = run_sluice(args, tmp_path)
+        assert p.returncode == 2, (args, p)
+        assert text in p.stderr.decode() and "option --\n" not in p.stderr.decode(), (args, p)
 
 
 def test_listen_port_in_use_exits_3_with_one_line(tmp_path):
@@ -219,3 +263,31 @@ def test_sigterm_right_after_start_exits_0(sluice):
     s = sluice(good_config())
     assert request(s.port, "GET", "/").body == b"hi"
     assert s.stop(signal.SIGTERM, timeout=5) == 0
+
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z sluice\[[^\]]+\] "
+                      r"(error|warn|info|debug): ")
+
+
+def test_dns_and_health_messages_have_timestamp_and_level(sluice):
+    """Every message goes through the error log; a DNS failure is reported
+    once, not once per worker."""
+    closed = free_port()
+    cfg = good_config()
+    cfg["workers"] = 2
+    cfg["upstreams"] = {
+        "named": {"targets": ["no-such-host.invalid:80"], "dns_refresh_ms": 60000},
+        "checked": {"targets": [f"127.0.0.1:{closed}"],
+                    "health_check": {"path": "/", "interval_ms": 100, "unhealthy_after": 1}},
+    }
+    s = sluice(cfg)
+    wait_until(lambda: "is down (health check)" in s.stderr() and "cannot resolve" in s.stderr(),
+               timeout=20, what="the DNS and health-check messages")
+    err = lines(s.stderr().encode())
+    for line in err:
+        assert LOG_LINE.match(line), line
+    dns = [l for l in err if "upstream named: cannot resolve no-such-host.invalid" in l]
+    assert len(dns) == 1, err
+    assert " warn: " in dns[0], dns
+    down = [l for l in err if f"upstream checked: target 127.0.0.1:{closed} is down" in l]
+    assert len(down) == 1 and " warn: " in down[0], err

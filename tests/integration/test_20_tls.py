@@ -4,48 +4,18 @@ errors at load, and TLS to upstreams (verification, CA, server_name).
 
 Certificates are made at test time with the openssl CLI: one test CA for
 servers, one for clients."""
-import asyncio
 import http.client
 import json
 import signal
 import socket
 import ssl
-import subprocess
-import threading
 import time
 
 import pytest
-from aiohttp import web
 
-from conftest import (HttpBackend, assert_gateway_error, curl, free_port, rec_header, run_sluice,
-                      wait_until)
-
-EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-
-def openssl(*args, cwd=None, input=None, timeout=20):
-    return subprocess.run(["openssl"] + list(args), cwd=cwd, input=input, capture_output=True,
-                          timeout=timeout)
-
-
-def make_ca(d, name, cn):
-    p = openssl("req", "-x509", *EC, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days",
-                "30", "-subj", f"/CN={cn}", cwd=d)
-    assert p.returncode == 0, p.stderr
-
-
-def make_cert(d, ca, name, subject, san=None, usage="serverAuth"):
-    p = openssl("req", "-new", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
-                subject, cwd=d)
-    assert p.returncode == 0, p.stderr
-    ext = f"basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"
-    if san:
-        ext += f"subjectAltName={san}\n"
-    (d / f"{name}.ext").write_text(ext)
-    p = openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "30", "-extfile",
-                f"{name}.ext", cwd=d)
-    assert p.returncode == 0, p.stderr
+from backends.certs import make_ca, make_cert, openssl
+from backends.tls import TlsBackend
+from conftest import assert_gateway_error, curl, free_port, rec_header, run_sluice, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -334,50 +304,6 @@ def test_tls_option_errors(confdir):
 
 # --------------------------------------------------------------------------
 # upstream TLS
-
-
-class TlsBackend(HttpBackend):
-    """The echo backend behind TLS with the test CA's backend.test certificate."""
-
-    def __init__(self, certs, name="tls"):
-        super().__init__(name)
-        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ctx.load_cert_chain(str(certs / "backend.pem"), str(certs / "backend.key"))
-        self.reused = []
-
-    async def _dispatch(self, request):
-        obj = request.transport.get_extra_info("ssl_object") if request.transport else None
-        with self.lock:
-            self.reused.append(bool(obj and obj.session_reused))
-        return await super()._dispatch(request)
-
-    def start(self):
-        ready = threading.Event()
-
-        def run():
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-
-            async def setup():
-                server = web.Server(self._dispatch)
-                self.runner = web.ServerRunner(server, access_log=None, shutdown_timeout=1.0)
-                await self.runner.setup()
-                await web.SockSite(self.runner, self.sock, ssl_context=self.ctx,
-                                   shutdown_timeout=1.0).start()
-
-            self.loop.run_until_complete(setup())
-            ready.set()
-            self.loop.run_forever()
-            try:
-                self.loop.run_until_complete(asyncio.wait_for(self.runner.cleanup(), timeout=3))
-            except Exception:  # noqa: BLE001
-                pass
-            self.loop.close()
-
-        self.thread = threading.Thread(target=run, daemon=True, name=f"backend-{self.name}")
-        self.thread.start()
-        assert ready.wait(10), "backend did not start"
-        return self
 
 
 @pytest.fixture

@@ -514,7 +514,7 @@ def test_upstream_down_is_502_over_h2(sluice):
 
 
 def test_trailers_from_h2_upstream_reach_h2_client(sluice):
-    from test_22_upstream_h2 import H2Backend
+    from backends.h2 import H2Backend
     b = H2Backend()
     try:
         s = sluice({"workers": 1, "listen": [h2c_listener()],

@@ -308,6 +308,27 @@ static void test_environment(void)
            "or write ${SLUICE_TEST_UNSET:-default})",
            "access_log.path: environment variable SLUICE_TEST_UNSET is not set (set it, or write "
            "${SLUICE_TEST_UNSET:-default})");
+
+    /*
+     * SPEC 2: an unset variable does not hide the other errors of the file,
+     * and the empty value it leaves adds no follow-on error at its own path.
+     */
+    EXPECT("{\"listen\": [{\"address\": \"${SLUICE_TEST_UNSET}\"}], \"routes\": ["
+           "{\"upstream\": \"users\"},"
+           "{\"respond\": {\"body\": \"${SLUICE_TEST_UNSET} ${SLUICE_TEST_UNSET_TOO}\"}}]}",
+           "listen[0].address: environment variable SLUICE_TEST_UNSET is not set (set it, or "
+           "write ${SLUICE_TEST_UNSET:-default})",
+           "routes[1].respond.body: environment variable SLUICE_TEST_UNSET is not set (set it, or "
+           "write ${SLUICE_TEST_UNSET:-default})",
+           "routes[1].respond.body: environment variable SLUICE_TEST_UNSET_TOO is not set (set "
+           "it, or write ${SLUICE_TEST_UNSET_TOO:-default})",
+           "routes[0].upstream: unknown upstream \"users\" (no upstreams are defined; add it "
+           "under \"upstreams\")");
+    EXPECT("{" LISTEN ", \"upstreams\": {\"users\": {\"targets\": [\"${SLUICE_TEST_UNSET}\"]}},"
+           " \"routes\": [{\"upstream\": \"userz\"}]}",
+           "upstreams.users.targets[0]: environment variable SLUICE_TEST_UNSET is not set (set "
+           "it, or write ${SLUICE_TEST_UNSET:-default})",
+           "routes[0].upstream: unknown upstream \"userz\" (defined: users)");
 }
 
 static void test_errors(void)
