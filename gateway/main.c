@@ -30,6 +30,7 @@
 #include "core/proxy.h"
 #include "upstream/upstream.h"
 #include "core/worker.h"
+#include "server/codecs.h"
 
 enum {
     EXIT_OK = 0,
@@ -253,6 +254,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot start: out of memory\n");
         return EXIT_STARTUP;
     }
+    /* The listeners hand accepted connections to the codecs through this table. */
+    listener_set_codecs(&server_codecs);
     struct snapshot *cur = config_current_hold();
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);

@@ -13,7 +13,8 @@
 #include "conf/config.h"
 #include "net/conn.h"
 #include "core/exchange.h"
-#include "server/http1_server.h"
+#include "net/listener.h"
+#include "net/loop.h"
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "net/tls.h"
@@ -225,7 +226,7 @@ static void destroy(struct h2_conn *h)
     conn_free(h->conn);
     event_free(h->timer);
     event_free(h->work);
-    worker_conn_removed(h->w, &h->link);
+    net_loop_conn_removed(&h->w->net, &h->link);
     metrics_connection_closed("h2");
     free(h->client_subject);
     free(h);
@@ -1150,11 +1151,29 @@ int http2_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->conn = c;
     conn_set_owner(c, &h2_conn_events, h);
     conn_read_enable(c, true);
-    worker_conn_added(w, &h->link);
+    net_loop_conn_added(&w->net, &h->link);
     metrics_connection_opened("h2");
     /* Our SETTINGS go out at once; bytes already read (the preface) are processed from the loop. */
     h->idle_armed = true;
     arm_timer(h, limits(h)->header_timeout_ms);
     schedule(h);
+    return 0;
+}
+
+int http2_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                        unsigned flags)
+{
+    struct conn *c = conn_new();
+    if (!c)
+        return -1;
+    if (conn_open(c, w->base, fd, &h2_conn_events, NULL) < 0) {
+        free(c);
+        return -1;
+    }
+    if (http2_server_adopt(w, c, peer, flags) < 0) {
+        c->fd = -1; /* the caller closes the socket */
+        conn_free(c);
+        return -1;
+    }
     return 0;
 }
