@@ -954,10 +954,14 @@ static void feed(struct h2_conn *h)
         if (used < 0) {
             int err = (int)used;
             log_debug("http2: %s: %s", h->remote_addr, nghttp2_strerror(err));
-            /* A flood (queued ACKs, CONTINUATIONs) still gets a GOAWAY; a bad preface does not. */
+            /*
+             * A flood (queued ACKs, CONTINUATIONs) gets ENHANCE_YOUR_CALM;
+             * anything else, a broken connection preface included (RFC 9113
+             * 3.4: a connection error), gets GOAWAY(PROTOCOL_ERROR).
+             */
             if (err == NGHTTP2_ERR_FLOODED || err == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
                 calm_down(h, nghttp2_strerror(err));
-            else if (err != NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+            else
                 nghttp2_session_terminate_session(h->session, NGHTTP2_PROTOCOL_ERROR);
             evbuffer_drain(in, evbuffer_get_length(in));
             h->closing = true;

@@ -328,7 +328,7 @@ def test_rapid_reset_is_cut_off_while_others_are_served(sluice, backend):
     # Another connection is served meanwhile and afterwards.
     with other:
         st = other.request("GET", "/fine")
-        assert st.status == "200" and bytes(st.body) == b"ok"
+        assert int(st.status) == 200 and bytes(st.body) == b"ok"
     assert s.request("GET", "/").status == 200
     assert b.count < 2000
 
@@ -612,6 +612,32 @@ def test_preface_in_pieces_and_http1_on_the_same_listener(sluice):
         data = sock.recv(9)
         assert len(data) >= 4 and data[3] == 4, data  # the server's SETTINGS
     assert s.request("GET", "/").status == 200  # HTTP/1.1 still served on the h2c listener
+
+
+def test_broken_preface_on_h2c_only_listener_is_goaway(sluice):
+    """A listener with protocols ["h2c"] speaks no HTTP/1.1: a broken
+    connection preface (or an HTTP/1.1 request) is an HTTP/2 connection error,
+    GOAWAY(PROTOCOL_ERROR) (RFC 9113 3.4), not an HTTP/1.1 400."""
+    s = sluice({"workers": 1, "listen": [h2c_listener(protocols=("h2c",))],
+                "routes": [{"respond": {"status": 200, "body": "ok"}}]})
+    for opening in (b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + frame(4, 0, 0, b""),
+                    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(opening)
+            sock.settimeout(5)
+            first = sock.recv(9, socket.MSG_PEEK)
+            assert not first.startswith(b"HTTP/"), first
+            frames = read_frames(sock)
+        goaways = [f for f in frames if f[0] == 7]
+        assert goaways, frames
+        assert int.from_bytes(goaways[0][3][4:8], "big") == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    # A proper HTTP/2 client is served on it.
+    c = H2Client(s.port)
+    try:
+        st = c.request("GET", "/")
+        assert int(st.status) == 200 and bytes(st.body) == b"ok"
+    finally:
+        c.close()
 
 
 # --------------------------------------------------------------------------
