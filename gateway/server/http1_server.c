@@ -646,7 +646,8 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     }
     enum http1_framing framing;
     uint64_t length = 0;
-    int bad = http1_request_framing(x->req_headers.items, x->req_headers.count, &framing, &length);
+    int bad = http1_request_framing(rq->minor_version, x->req_headers.items, x->req_headers.count,
+                                    &framing, &length);
     if (bad) {
         respond_and_close(h, x, bad,
                           bad == 501 ? "only the chunked transfer coding is supported"
