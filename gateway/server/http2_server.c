@@ -1096,7 +1096,14 @@ static int new_session(struct h2_conn *h)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, H2_HEADER_TABLE_SIZE);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
-    nghttp2_option_set_no_closed_streams(opt, 1);
+    /*
+     * Closed streams are kept (no nghttp2_option_set_no_closed_streams), so
+     * that a frame on a stream that just closed is answered with
+     * STREAM_CLOSED (RFC 9113 5.1) instead of being ignored. nghttp2 bounds
+     * them itself: closed plus open incoming streams stay within our
+     * SETTINGS_MAX_CONCURRENT_STREAMS (limits.h2_max_concurrent_streams),
+     * the oldest closed stream being freed first.
+     */
     int rv = nghttp2_session_server_new2(&h->session, cb, h, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
