@@ -22,9 +22,7 @@
 
 #include "ops/accesslog.h"
 #include "ops/admin.h"
-#include "base/arena.h"
 #include "conf/config.h"
-#include "net/conn.h"
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "core/proxy.h"
@@ -314,8 +312,6 @@ int main(int argc, char **argv)
     config_current_set(NULL);
     upstream_health_table_free();
     metrics_free();
-    arena_thread_cleanup();
-    conn_thread_cleanup();
     proxy_thread_cleanup();
     event_base_free(g.base);
     libevent_global_shutdown();

@@ -264,6 +264,13 @@ fail:
     return NULL;
 }
 
+/* Frees what the worker's thread cache holds; each module clears its own part. */
+static void cache_clear(struct worker *w)
+{
+    arena_cache_clear(&w->cache);
+    conn_cache_clear(&w->cache);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -274,9 +281,10 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    thread_cache_set(&w->cache);
     event_base_dispatch(w->base);
-    arena_thread_cleanup();
-    conn_thread_cleanup();
+    thread_cache_set(NULL);
+    cache_clear(w);
     proxy_thread_cleanup();
     atomic_store(&w->exited, true);
     return NULL;
@@ -319,6 +327,7 @@ void worker_join_free(struct worker *w)
     if (w->current)
         view_free(w->current);
     self = NULL;
+    cache_clear(w);
     deadlines_free(w->deadlines);
     if (w->notify)
         event_free(w->notify);

@@ -5,7 +5,8 @@
  * and its client connections.
  *
  * Owns: the event_base, the evdns_base, the listeners, every
- * worker_snapshot it built, and the list of open client connections.
+ * worker_snapshot it built, the list of open client connections, and its
+ * thread's caches (struct thread_cache).
  * Promises: a request lives and dies on one worker; nothing here is touched
  * by another thread except through worker_notify() (reload, drain, stop).
  *
@@ -21,6 +22,7 @@
 #include <stdint.h>
 
 #include "base/header.h"
+#include "base/thread_cache.h"
 #include "net/loop.h"
 
 struct event;
@@ -69,6 +71,8 @@ struct worker {
     struct header *parse_headers; /* scratch for the HTTP/1 head parser */
     size_t parse_cap;
     uint64_t rng[2]; /* xorshift128+ state: request ids, random balancing */
+    /* Spare arenas and buffers, registered for the worker's thread while its loop runs. */
+    struct thread_cache cache;
     atomic_bool exited;
 };
 
