@@ -22,15 +22,14 @@
 
 #include "ops/accesslog.h"
 #include "ops/admin.h"
-#include "base/arena.h"
 #include "base/clock.h"
 #include "conf/config.h"
-#include "net/conn.h"
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "core/proxy.h"
 #include "upstream/upstream.h"
 #include "core/worker.h"
+#include "server/codecs.h"
 
 enum {
     EXIT_OK = 0,
@@ -268,6 +267,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot start: out of memory\n");
         return EXIT_STARTUP;
     }
+    /* The listeners hand accepted connections to the codecs through this table. */
+    listener_set_codecs(&server_codecs);
     struct snapshot *cur = config_current_hold();
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);
@@ -326,8 +327,6 @@ int main(int argc, char **argv)
     config_current_set(NULL);
     upstream_health_table_free();
     metrics_free();
-    arena_thread_cleanup();
-    conn_thread_cleanup();
     proxy_thread_cleanup();
     event_base_free(g.base);
     libevent_global_shutdown();

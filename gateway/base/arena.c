@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/thread_cache.h"
 
 #define ALIGN alignof(max_align_t)
 #define BLOCK_MIN 256
@@ -42,19 +43,17 @@ struct arena {
 };
 
 /*
- * One freed arena per thread is kept for the next arena_new of the same
- * size: an exchange per request would otherwise cost a malloc and a free.
- * Not under AddressSanitizer, so that use-after-free of exchange memory is
- * still caught in the sanitizer builds.
+ * Freed arenas are kept in the thread's cache (thread_cache.h) for the
+ * next arena_new of the same size: an exchange per request would otherwise
+ * cost a malloc and a free. Not under AddressSanitizer, so that
+ * use-after-free of exchange memory is still caught in the sanitizer
+ * builds.
  */
 #if defined(__SANITIZE_ADDRESS__)
 #define ARENA_CACHE 0
 #else
 #define ARENA_CACHE 1
 #endif
-#define ARENA_SPARES 64 /* enough for a busy HTTP/2 connection's streams; 256 KiB at most */
-static _Thread_local struct arena *spare[ARENA_SPARES];
-static _Thread_local int num_spare;
 
 static _Noreturn void out_of_memory(size_t n)
 {
@@ -84,9 +83,10 @@ struct arena *arena_new(size_t first_block)
     size_t size = round_up(first_block < BLOCK_MIN ? BLOCK_MIN : first_block);
     if (size > SIZE_MAX - sizeof(struct arena))
         out_of_memory(size);
-    struct arena *a = num_spare ? spare[num_spare - 1] : NULL;
+    struct thread_cache *tc = thread_cache_self();
+    struct arena *a = tc && tc->num_arenas ? tc->arenas[tc->num_arenas - 1] : NULL;
     if (a && a->first_size == size) {
-        num_spare--;
+        tc->num_arenas--;
     } else {
         a = malloc(sizeof(struct arena) + size);
         if (!a)
@@ -118,17 +118,18 @@ void arena_free(struct arena *a)
         free(b);
         b = next;
     }
-    if (ARENA_CACHE && num_spare < ARENA_SPARES) {
-        spare[num_spare++] = a;
+    struct thread_cache *tc = thread_cache_self();
+    if (ARENA_CACHE && tc && tc->num_arenas < THREAD_CACHE_ARENAS) {
+        tc->arenas[tc->num_arenas++] = a;
         return;
     }
     free(a);
 }
 
-void arena_thread_cleanup(void)
+void arena_cache_clear(struct thread_cache *tc)
 {
-    while (num_spare)
-        free(spare[--num_spare]);
+    while (tc->num_arenas)
+        free(tc->arenas[--tc->num_arenas]);
 }
 
 /* Slow path: the current block cannot hold `size` (already rounded) bytes. */

@@ -20,6 +20,7 @@
 #include "base/slice.h"
 
 struct arena;
+struct thread_cache;
 
 /* Creates an arena whose first block holds about `first_block` bytes. */
 struct arena *arena_new(size_t first_block);
@@ -49,8 +50,12 @@ struct slice arena_concat(struct arena *a, const struct slice *parts, size_t n);
  */
 void arena_cleanup_add(struct arena *a, void (*fn)(void *arg), void *arg);
 
-/* Frees the calling thread's cached arena (at thread exit). */
-void arena_thread_cleanup(void);
+/*
+ * Frees the spare arenas kept in `tc` (thread_cache.h); its owner calls it
+ * before the cache goes away. Not re-entrant with arena_new/arena_free on
+ * the thread using `tc`.
+ */
+void arena_cache_clear(struct thread_cache *tc);
 
 /* Total bytes handed out so far (tests and metrics). */
 size_t arena_used(const struct arena *a);

@@ -43,6 +43,7 @@ struct listen_config {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     bool h2c;               /* "protocols" contains "h2c": HTTP/2 prior knowledge */
+    bool h2c_only;          /* "protocols" is ["h2c"], no "http/1.1": HTTP/2 only */
     struct tls_server *tls; /* "tls": certificates, ALPN, mTLS (tls.c); NULL = cleartext */
 };
 

@@ -37,6 +37,7 @@ static void build_listener(struct config_error *err, struct listen_config *l, co
         } else {
             size_t i;
             json_t *p;
+            bool http1 = false;
             json_array_foreach(protocols, i, p)
             {
                 size_t m2 = config_path_push_index(err, i);
@@ -44,7 +45,7 @@ static void build_listener(struct config_error *err, struct listen_config *l, co
                 if (!name)
                     config_error_add(err, "", "must be a string, not %s", config_json_kind(p));
                 else if (strcmp(name, "http/1.1") == 0)
-                    ;
+                    http1 = true;
                 else if (strcmp(name, "h2c") == 0)
                     l->h2c = true;
                 else if (strcmp(name, "h2") == 0)
@@ -56,6 +57,7 @@ static void build_listener(struct config_error *err, struct listen_config *l, co
                         err, "", "unknown protocol \"%s\" (expected one of: http/1.1, h2c)", name);
                 config_path_pop(err, m2);
             }
+            l->h2c_only = l->h2c && !http1;
         }
         config_path_pop(err, mark);
     }

@@ -421,7 +421,7 @@ static void connect_target(struct proxy *p)
         return;
     }
     /* With "tls" the handshake runs after the connect; on_writable comes after both. */
-    if (p->cfg->tls && tls_client_start(&uc->conn, p->cfg->tls, t) < 0) {
+    if (p->cfg->tls && target_tls_start(&uc->conn, p->cfg->tls, t) < 0) {
         fail(p, FAIL_CONNECT, 502, "cannot set up TLS to the upstream");
         return;
     }

@@ -15,7 +15,6 @@
 #include "conf/config.h"
 #include "net/conn.h"
 #include "base/deadline.h"
-#include "server/http1_server.h"
 #include "net/listener.h"
 #include "core/proxy.h"
 #include "base/log.h"
@@ -80,6 +79,7 @@ static void view_refresh(struct worker *w)
     }
     struct worker_snapshot *prev = w->current;
     w->current = ws;
+    w->net.snapshot = s;
     if (prev) {
         if (prev->refs == 0) {
             view_free(prev);
@@ -119,40 +119,11 @@ void worker_snapshot_release(struct worker_snapshot *ws)
     view_free(ws);
 }
 
-void worker_conn_added(struct worker *w, struct client_conn *c)
-{
-    c->prev = NULL;
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
-    w->num_conns++;
-}
-
-void worker_conn_detach(struct worker *w, struct client_conn *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    w->num_conns--;
-}
-
-void worker_conn_removed(struct worker *w, struct client_conn *c)
-{
-    worker_conn_detach(w, c);
-    listener_conn_closed(w);
-    if (w->draining && w->num_conns == 0)
-        event_base_loopexit(w->base, NULL);
-}
-
 /* Opens listeners for addresses of the snapshot this worker lacks, closes the others. */
 static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal)
 {
     /* Close listeners whose address is gone. */
-    for (struct listener **p = &w->listeners; *p;) {
+    for (struct listener **p = &w->net.listeners; *p;) {
         bool keep = false;
         for (size_t i = 0; i < s->num_listeners; i++)
             keep |= strcmp(s->listeners[i].address, (*p)->address) == 0;
@@ -166,9 +137,10 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
     }
     for (size_t i = 0; i < s->num_listeners; i++) {
         const struct listen_config *lc = &s->listeners[i];
-        unsigned flags = (lc->h2c ? LISTEN_H2C : 0) | (lc->tls ? LISTEN_TLS : 0);
+        unsigned flags = (lc->h2c ? LISTEN_H2C : 0) | (lc->h2c_only ? LISTEN_H2C_ONLY : 0) |
+                         (lc->tls ? LISTEN_TLS : 0);
         bool have = false;
-        for (struct listener *l = w->listeners; l; l = l->next) {
+        for (struct listener *l = w->net.listeners; l; l = l->next) {
             if (strcmp(l->address, lc->address) == 0) {
                 l->flags = flags;
                 l->index = i;
@@ -191,33 +163,33 @@ static int sync_listeners(struct worker *w, const struct snapshot *s, bool fatal
                       why);
             continue;
         }
-        struct listener *l = listener_new(w, fd, lc->address);
+        struct listener *l = listener_new(&w->net, fd, lc->address);
         if (!l)
             return -1;
         l->flags = flags;
         l->index = i;
-        l->next = w->listeners;
-        w->listeners = l;
+        l->next = w->net.listeners;
+        w->net.listeners = l;
     }
     return 0;
 }
 
 static void begin_drain(struct worker *w)
 {
-    if (w->draining)
+    if (w->net.draining)
         return;
-    w->draining = true;
-    while (w->listeners) {
-        struct listener *l = w->listeners;
-        w->listeners = l->next;
+    w->net.draining = true;
+    while (w->net.listeners) {
+        struct listener *l = w->net.listeners;
+        w->net.listeners = l->next;
         listener_free(l);
     }
     /* on_drain may close (and unlink) the connection it is called on. */
-    for (struct client_conn *c = w->conns, *next; c; c = next) {
+    for (struct client_conn *c = w->net.conns, *next; c; c = next) {
         next = c->next;
         c->on_drain(c);
     }
-    if (w->num_conns == 0)
+    if (w->net.num_conns == 0)
         event_base_loopexit(w->base, NULL);
 }
 
@@ -229,7 +201,7 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
     (void)r;
     int cmd = atomic_exchange(&w->commands, 0);
     if (cmd & WORKER_STOP) {
-        for (struct client_conn *c = w->conns, *next; c; c = next) {
+        for (struct client_conn *c = w->net.conns, *next; c; c = next) {
             next = c->next;
             c->on_stop(c);
         }
@@ -240,7 +212,7 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
         begin_drain(w);
         return;
     }
-    if ((cmd & WORKER_RELOAD) && !w->draining) {
+    if ((cmd & WORKER_RELOAD) && !w->net.draining) {
         view_refresh(w);
         sync_listeners(w, w->current->snapshot, false);
     }
@@ -257,6 +229,9 @@ struct worker *worker_new(int id, struct snapshot *s)
     w->base = event_base_new();
     if (!w->base)
         goto fail;
+    w->net.base = w->base;
+    w->net.owner = w;
+    w->net.conn_closed = listener_conn_closed;
     w->dns = evdns_base_new(w->base,
                             EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (!w->dns) /* no resolv.conf: names still resolve from the hosts file */
@@ -289,6 +264,13 @@ fail:
     return NULL;
 }
 
+/* Frees what the worker's thread cache holds; each module clears its own part. */
+static void cache_clear(struct worker *w)
+{
+    arena_cache_clear(&w->cache);
+    conn_cache_clear(&w->cache);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -299,9 +281,10 @@ static void *worker_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    thread_cache_set(&w->cache);
     event_base_dispatch(w->base);
-    arena_thread_cleanup();
-    conn_thread_cleanup();
+    thread_cache_set(NULL);
+    cache_clear(w);
     proxy_thread_cleanup();
     atomic_store(&w->exited, true);
     return NULL;
@@ -327,13 +310,13 @@ void worker_join_free(struct worker *w)
     if (w->thread)
         pthread_join(w->thread, NULL);
     self = w; /* views and connections are torn down as if on the worker */
-    for (struct client_conn *c = w->conns, *next; c; c = next) {
+    for (struct client_conn *c = w->net.conns, *next; c; c = next) {
         next = c->next;
         c->on_stop(c);
     }
-    while (w->listeners) {
-        struct listener *l = w->listeners;
-        w->listeners = l->next;
+    while (w->net.listeners) {
+        struct listener *l = w->net.listeners;
+        w->net.listeners = l->next;
         listener_free(l);
     }
     while (w->old) {
@@ -344,6 +327,7 @@ void worker_join_free(struct worker *w)
     if (w->current)
         view_free(w->current);
     self = NULL;
+    cache_clear(w);
     deadlines_free(w->deadlines);
     if (w->notify)
         event_free(w->notify);

@@ -5,7 +5,8 @@
  * and its client connections.
  *
  * Owns: the event_base, the evdns_base, the listeners, every
- * worker_snapshot it built, and the list of open client connections.
+ * worker_snapshot it built, the list of open client connections, and its
+ * thread's caches (struct thread_cache).
  * Promises: a request lives and dies on one worker; nothing here is touched
  * by another thread except through worker_notify() (reload, drain, stop).
  *
@@ -21,28 +22,15 @@
 #include <stdint.h>
 
 #include "base/header.h"
+#include "base/thread_cache.h"
+#include "net/loop.h"
 
 struct event;
 struct event_base;
 struct evdns_base;
-struct listener;
 struct snapshot;
 struct upstream_rt;
-struct client_conn;
 struct deadlines;
-
-/*
- * The part of every client connection the worker sees, whatever its codec:
- * a link in the worker's list and what to do when the worker drains or stops.
- */
-struct client_conn {
-    struct client_conn *next;
-    struct client_conn *prev;
-    /* Draining: close now if idle, else close after the current response. */
-    void (*on_drain)(struct client_conn *c);
-    /* Stopping: close at once. */
-    void (*on_stop)(struct client_conn *c);
-};
 
 /*
  * A worker's view of one snapshot: the snapshot plus the run-time state of
@@ -72,16 +60,19 @@ struct worker {
     struct event *notify;        /* reads notify_fd */
     int notify_fd;               /* eventfd written by worker_notify */
     atomic_int commands;         /* enum worker_command bits, set by worker_notify */
-    struct listener *listeners;  /* linked list */
+    /*
+     * What the connection layers see: listeners, open client connections,
+     * draining, and the snapshot of `current` (kept in step by the worker).
+     */
+    struct net_loop net;
     struct worker_snapshot *current;
     struct worker_snapshot *old; /* views still held by exchanges */
-    struct client_conn *conns;   /* open client connections, linked */
-    unsigned num_conns;
-    bool draining;
     bool run_health_checks;
     struct header *parse_headers; /* scratch for the HTTP/1 head parser */
     size_t parse_cap;
     uint64_t rng[2]; /* xorshift128+ state: request ids, random balancing */
+    /* Spare arenas and buffers, registered for the worker's thread while its loop runs. */
+    struct thread_cache cache;
     atomic_bool exited;
 };
 
@@ -112,16 +103,6 @@ void worker_snapshot_release(struct worker_snapshot *ws);
 
 /* 64 random bits from the worker's generator. */
 uint64_t worker_random(struct worker *w);
-
-/* Called by codecs when a client connection opens or closes. */
-void worker_conn_added(struct worker *w, struct client_conn *c);
-void worker_conn_removed(struct worker *w, struct client_conn *c);
-
-/*
- * Unlinks `c` without counting a closed connection: its socket lives on in
- * another codec that linked itself already (a finished TLS handshake).
- */
-void worker_conn_detach(struct worker *w, struct client_conn *c);
 
 /* The worker of the calling thread, or NULL on the main thread. */
 struct worker *worker_self(void);

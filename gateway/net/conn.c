@@ -13,6 +13,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "base/thread_cache.h"
+
 /*
  * One readable event reads at most this much. Large enough that a 1 MiB body
  * takes a handful of reads, small enough that one busy connection cannot
@@ -31,20 +33,18 @@
  */
 #define CONN_SMALL_READ 4096
 
-/* Evbuffers lent by idle connections, per thread (conn_release_buffers). */
-#define CONN_POOL 128
-static _Thread_local struct evbuffer *pool[CONN_POOL];
-static _Thread_local int pool_count;
-
+/* Evbuffers lent by idle connections wait in the thread's cache (thread_cache.h). */
 static struct evbuffer *borrow(void)
 {
-    return pool_count ? pool[--pool_count] : evbuffer_new();
+    struct thread_cache *tc = thread_cache_self();
+    return tc && tc->num_buffers ? tc->buffers[--tc->num_buffers] : evbuffer_new();
 }
 
 static void lend(struct evbuffer *b)
 {
-    if (pool_count < CONN_POOL)
-        pool[pool_count++] = b;
+    struct thread_cache *tc = thread_cache_self();
+    if (tc && tc->num_buffers < THREAD_CACHE_BUFFERS)
+        tc->buffers[tc->num_buffers++] = b;
     else
         evbuffer_free(b);
 }
@@ -73,10 +73,10 @@ void conn_release_buffers(struct conn *c)
     c->in = c->out = NULL;
 }
 
-void conn_thread_cleanup(void)
+void conn_cache_clear(struct thread_cache *tc)
 {
-    while (pool_count)
-        evbuffer_free(pool[--pool_count]);
+    while (tc->num_buffers)
+        evbuffer_free(tc->buffers[--tc->num_buffers]);
 }
 
 /* Reads into a stack buffer and copies: see CONN_SMALL_READ. */

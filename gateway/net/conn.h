@@ -36,6 +36,7 @@ struct event_base;
 struct evbuffer;
 struct conn;
 struct ssl_st;
+struct thread_cache;
 
 /* What the owner of a connection is told. All members are required but on_handshake. */
 struct conn_events {
@@ -129,8 +130,11 @@ void conn_release_buffers(struct conn *c);
 struct evbuffer *conn_buffer_get(void);
 void conn_buffer_put(struct evbuffer *b);
 
-/* Frees the calling thread's pooled evbuffers (at thread exit). */
-void conn_thread_cleanup(void);
+/*
+ * Frees the spare evbuffers kept in `tc` (thread_cache.h); its owner calls
+ * it before the cache goes away.
+ */
+void conn_cache_clear(struct thread_cache *tc);
 
 /*
  * Starts a server-side TLS handshake on an open connection (conn_open),

@@ -11,10 +11,9 @@
 #include <event2/event.h>
 
 #include "conf/config.h"
-#include "server/http1_server.h"
 #include "base/log.h"
+#include "net/loop.h"
 #include "net/tls.h"
-#include "core/worker.h"
 
 /* Open client connections across all workers (limits.max_connections). */
 static atomic_int open_conns;
@@ -42,9 +41,9 @@ int listener_bind(const struct sockaddr *addr, socklen_t addrlen, char *errbuf, 
     return fd;
 }
 
-static int max_conns(struct worker *w)
+static int max_conns(const struct net_loop *loop)
 {
-    return w->current ? w->current->snapshot->limits.max_connections : 65536;
+    return loop->snapshot ? loop->snapshot->limits.max_connections : 65536;
 }
 
 /*
@@ -54,10 +53,9 @@ static int max_conns(struct worker *w)
  */
 static const struct listen_config *config_of(const struct listener *l)
 {
-    const struct worker *w = l->worker;
-    if (!w->current)
+    const struct snapshot *s = l->loop->snapshot;
+    if (!s)
         return NULL;
-    const struct snapshot *s = w->current->snapshot;
     if (l->index < s->num_listeners && strcmp(s->listeners[l->index].address, l->address) == 0)
         return &s->listeners[l->index];
     for (size_t i = 0; i < s->num_listeners; i++)
@@ -69,10 +67,10 @@ static const struct listen_config *config_of(const struct listener *l)
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
     struct listener *l = arg;
-    struct worker *w = l->worker;
+    struct net_loop *loop = l->loop;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
-        if (atomic_load(&open_conns) >= max_conns(w)) {
-            listener_pause_all(w, true);
+        if (atomic_load(&open_conns) >= max_conns(loop)) {
+            listener_pause_all(loop, true);
             return;
         }
         struct sockaddr_storage peer;
@@ -86,9 +84,12 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
         }
         atomic_fetch_add(&open_conns, 1);
         const struct listen_config *lc = config_of(l);
-        int r = lc && lc->tls
-                    ? tls_server_accept(w, cfd, &peer, l->flags, w->current->snapshot, lc)
-                    : http1_server_accept(w, cfd, &peer, len, l->flags & ~(unsigned)LISTEN_TLS);
+        const struct listener_codecs *codecs = listener_codecs();
+        int r = -1;
+        if (lc && lc->tls)
+            r = tls_server_accept(loop, cfd, &peer, l->flags, loop->snapshot, lc);
+        else if (codecs)
+            r = codecs->accept(loop->owner, cfd, &peer, len, l->flags & ~(unsigned)LISTEN_TLS);
         if (r < 0) {
             close(cfd);
             atomic_fetch_sub(&open_conns, 1);
@@ -96,17 +97,17 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-struct listener *listener_new(struct worker *w, int fd, const char *address)
+struct listener *listener_new(struct net_loop *loop, int fd, const char *address)
 {
     struct listener *l = calloc(1, sizeof *l);
     if (!l) {
         close(fd);
         return NULL;
     }
-    l->worker = w;
+    l->loop = loop;
     l->fd = fd;
     l->address = strdup(address);
-    l->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, on_accept, l);
+    l->ev = event_new(loop->base, fd, EV_READ | EV_PERSIST, on_accept, l);
     if (!l->ev || !l->address) {
         listener_free(l);
         return NULL;
@@ -127,9 +128,9 @@ void listener_free(struct listener *l)
     free(l);
 }
 
-void listener_pause_all(struct worker *w, bool pause)
+void listener_pause_all(struct net_loop *loop, bool pause)
 {
-    for (struct listener *l = w->listeners; l; l = l->next) {
+    for (struct listener *l = loop->listeners; l; l = l->next) {
         if (l->paused == pause)
             continue;
         if (pause)
@@ -140,9 +141,9 @@ void listener_pause_all(struct worker *w, bool pause)
     }
 }
 
-void listener_conn_closed(struct worker *w)
+void listener_conn_closed(struct net_loop *loop)
 {
     int now = atomic_fetch_sub(&open_conns, 1) - 1;
-    if (!w->draining && now < max_conns(w))
-        listener_pause_all(w, false);
+    if (!loop->draining && now < max_conns(loop))
+        listener_pause_all(loop, false);
 }

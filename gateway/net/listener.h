@@ -4,8 +4,12 @@
  * new connections over the workers without a shared accept lock.
  *
  * Owns: the socket and its accept event. Promises: accepted sockets are
- * non-blocking and close-on-exec and go straight to the HTTP/1 codec, or to
- * the TLS handshake (tls.c) on a listener with "tls". While
+ * non-blocking and close-on-exec and go straight to the cleartext codec, or
+ * to the TLS handshake (tls.c) on a listener with "tls". The codecs live in
+ * a higher layer (server/), which registers them once at start-up with
+ * listener_set_codecs() (net/loop.h); TLS picks its codec by ALPN from the
+ * same table.
+ * While
  * the process is at limits.max_connections, listeners stop accepting and
  * connections wait in the kernel backlog (SPEC 7 "max_connections").
  *
@@ -19,16 +23,16 @@
 #include <sys/socket.h>
 
 struct event;
-struct worker;
+struct net_loop;
 struct listen_config;
 
 struct listener {
     struct listener *next;
-    struct worker *worker;
+    struct net_loop *loop;
     int fd;
     struct event *ev;
     char *address;  /* as configured, the key for reload */
-    unsigned flags; /* enum listen_flags, refreshed on reload */
+    unsigned flags; /* enum listen_flags (net/loop.h), refreshed on reload */
     size_t index;   /* its listen_config in the snapshot in force, refreshed on reload */
     bool paused;
 };
@@ -39,16 +43,23 @@ struct listener {
  */
 int listener_bind(const struct sockaddr *addr, socklen_t addrlen, char *errbuf, size_t errlen);
 
-/* Wraps a bound socket for worker `w` and starts accepting. NULL on failure (fd closed). */
-struct listener *listener_new(struct worker *w, int fd, const char *address);
+/*
+ * Wraps a bound socket for `loop` and starts accepting. NULL on failure (fd
+ * closed). The listener reads loop->snapshot at every accept.
+ */
+struct listener *listener_new(struct net_loop *loop, int fd, const char *address);
 
 /* Stops accepting and closes the socket. NULL ok. */
 void listener_free(struct listener *l);
 
-/* Pauses or resumes accepting on every listener of `w`. */
-void listener_pause_all(struct worker *w, bool pause);
+/* Pauses or resumes accepting on every listener of `loop`. */
+void listener_pause_all(struct net_loop *loop, bool pause);
 
-/* Process-wide count of open client connections (for limits.max_connections). */
-void listener_conn_closed(struct worker *w);
+/*
+ * Counts a closed client connection against limits.max_connections (a
+ * process-wide count) and resumes accepting below it; the loop's
+ * conn_closed hook.
+ */
+void listener_conn_closed(struct net_loop *loop);
 
 #endif

@@ -17,11 +17,8 @@
 
 #include "conf/config.h"
 #include "net/conn.h"
-#include "server/http1_server.h"
-#include "server/http2_server.h"
 #include "base/log.h"
-#include "upstream/upstream.h"
-#include "core/worker.h"
+#include "net/loop.h"
 
 /* One certificate of a listener: its own context, and the names it answers for. */
 struct tls_cert {
@@ -467,30 +464,30 @@ void tls_server_free(struct tls_server *ts)
 
 /* ---- client contexts ------------------------------------------------------------ */
 
-/* SSL ex_data slot holding the struct target a client connection goes to. */
-static int target_slot = -1;
-static pthread_once_t target_slot_once = PTHREAD_ONCE_INIT;
+/* SSL ex_data slot holding the session slot (SSL_SESSION **) of a client connection. */
+static int session_slot = -1;
+static pthread_once_t session_slot_once = PTHREAD_ONCE_INIT;
 
-static void make_target_slot(void)
+static void make_session_slot(void)
 {
-    target_slot = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    session_slot = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
-/* A new session (a TLS 1.3 ticket may come after the handshake): keep it for the target. */
+/* A new session (a TLS 1.3 ticket may come after the handshake): keep it in the slot. */
 static int on_new_session(SSL *ssl, SSL_SESSION *sess)
 {
-    struct target *t = SSL_get_ex_data(ssl, target_slot);
-    if (!t)
+    SSL_SESSION **slot = SSL_get_ex_data(ssl, session_slot);
+    if (!slot)
         return 0;
-    SSL_SESSION_free(t->tls_session);
-    t->tls_session = sess;
+    SSL_SESSION_free(*slot);
+    *slot = sess;
     return 1; /* we keep the reference */
 }
 
 struct tls_client *tls_client_build(struct config_error *err, const json_t *v)
 {
     static const char *const keys[] = {"verify", "ca", "server_name", NULL};
-    pthread_once(&target_slot_once, make_target_slot);
+    pthread_once(&session_slot_once, make_session_slot);
     size_t errors = err->count;
     size_t mark = push(err, ".tls");
     if (!json_is_object(v)) {
@@ -567,14 +564,15 @@ static bool is_ip_literal(const char *s)
     return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
-int tls_client_start(struct conn *c, const struct tls_client *tc, struct target *t)
+int tls_client_start(struct conn *c, const struct tls_client *tc, const char *host,
+                     struct ssl_session_st **session)
 {
     SSL *ssl = SSL_new(tc->ctx);
     if (!ssl) {
         ERR_clear_error();
         return -1;
     }
-    const char *name = tc->server_name ? tc->server_name : t->config ? t->config->host : NULL;
+    const char *name = tc->server_name ? tc->server_name : host;
     bool ok = true;
     if (name && !is_ip_literal(name)) {
         ok &= SSL_set_tlsext_host_name(ssl, name) == 1;
@@ -583,9 +581,9 @@ int tls_client_start(struct conn *c, const struct tls_client *tc, struct target 
     } else if (name && tc->verify) {
         ok &= X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1;
     }
-    SSL_set_ex_data(ssl, target_slot, t);
-    if (t->tls_session)
-        ok &= SSL_set_session(ssl, t->tls_session) == 1;
+    SSL_set_ex_data(ssl, session_slot, session);
+    if (*session)
+        ok &= SSL_set_session(ssl, *session) == 1;
     if (!ok) {
         SSL_free(ssl);
         ERR_clear_error();
@@ -594,10 +592,10 @@ int tls_client_start(struct conn *c, const struct tls_client *tc, struct target 
     return conn_tls_connect(c, ssl);
 }
 
-void tls_target_forget(struct target *t)
+void tls_session_forget(struct ssl_session_st **session)
 {
-    SSL_SESSION_free(t->tls_session);
-    t->tls_session = NULL;
+    SSL_SESSION_free(*session);
+    *session = NULL;
 }
 
 /* ---- connection facts ----------------------------------------------------------- */
@@ -644,8 +642,8 @@ void tls_describe_failure(const struct conn *c, char *buf, size_t len)
 
 /* A client connection while its server handshake runs. */
 struct tls_accept {
-    struct client_conn link; /* first: the worker's list of connections */
-    struct worker *w;
+    struct client_conn link; /* first: the loop's list of connections */
+    struct net_loop *loop;
     struct conn *conn;
     struct event *timer;
     struct snapshot *snapshot; /* held: the SNI and ALPN callbacks read its tls_server */
@@ -666,7 +664,7 @@ static void accept_free(struct tls_accept *a, bool close_conn)
 /* Closes a connection that did not make it through the handshake. */
 static void accept_close(struct tls_accept *a)
 {
-    worker_conn_removed(a->w, &a->link);
+    net_loop_conn_removed(a->loop, &a->link);
     accept_free(a, true);
 }
 
@@ -689,14 +687,18 @@ static void on_handshake(struct conn *c)
     SSL_get0_alpn_selected(c->ssl, &proto, &plen);
     event_del(a->timer);
     unsigned flags = a->flags | LISTEN_TLS;
-    int r = plen == 2 && memcmp(proto, "h2", 2) == 0 ? http2_server_adopt(a->w, c, &a->peer, flags)
-                                                     : http1_server_adopt(a->w, c, &a->peer, flags);
+    const struct listener_codecs *codecs = listener_codecs();
+    int r = -1;
+    if (codecs && plen == 2 && memcmp(proto, "h2", 2) == 0)
+        r = codecs->adopt_http2(a->loop->owner, c, &a->peer, flags);
+    else if (codecs)
+        r = codecs->adopt_http1(a->loop->owner, c, &a->peer, flags);
     if (r < 0) {
         accept_close(a);
         return;
     }
     /* The codec counts the connection now. */
-    worker_conn_detach(a->w, &a->link);
+    net_loop_conn_detach(a->loop, &a->link);
     accept_free(a, false);
 }
 
@@ -733,20 +735,20 @@ static const struct conn_events accept_events = {
     .on_handshake = on_handshake,
 };
 
-int tls_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, unsigned flags,
-                      struct snapshot *s, const struct listen_config *lc)
+int tls_server_accept(struct net_loop *loop, int fd, const struct sockaddr_storage *peer,
+                      unsigned flags, struct snapshot *s, const struct listen_config *lc)
 {
     struct tls_accept *a = calloc(1, sizeof *a);
     if (!a)
         return -1;
-    a->w = w;
+    a->loop = loop;
     a->peer = *peer;
     a->flags = flags;
     a->link.on_drain = on_drain_or_stop;
     a->link.on_stop = on_drain_or_stop;
     a->conn = conn_new();
-    a->timer = evtimer_new(w->base, on_timeout, a);
-    if (!a->conn || !a->timer || conn_open(a->conn, w->base, fd, &accept_events, a) < 0)
+    a->timer = evtimer_new(loop->base, on_timeout, a);
+    if (!a->conn || !a->timer || conn_open(a->conn, loop->base, fd, &accept_events, a) < 0)
         goto fail;
     SSL *ssl = SSL_new(lc->tls->certs[0].ctx);
     if (!ssl || conn_tls_accept(a->conn, ssl) < 0) {
@@ -757,7 +759,7 @@ int tls_server_accept(struct worker *w, int fd, const struct sockaddr_storage *p
     int ms = s->limits.header_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_add(a->timer, &tv);
-    worker_conn_added(w, &a->link);
+    net_loop_conn_added(loop, &a->link);
     return 0;
 fail:
     if (a->conn)

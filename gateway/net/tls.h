@@ -35,9 +35,9 @@
 struct config_error;
 struct conn;
 struct listen_config;
+struct net_loop;
 struct snapshot;
-struct target;
-struct worker;
+struct ssl_session_st;
 struct ssl_st;
 
 struct tls_server;
@@ -61,22 +61,28 @@ void tls_client_free(struct tls_client *tc); /* NULL ok */
 
 /*
  * Serves a freshly accepted socket of a TLS listener: the handshake runs
- * under limits.header_timeout_ms, then the connection goes to HTTP/2 (ALPN
- * "h2") or HTTP/1.1 with LISTEN_TLS added to `flags`. `s` is the snapshot
- * `lc` belongs to (held during the handshake). Returns 0, or -1 when
- * nothing could be set up (the caller closes fd).
+ * under limits.header_timeout_ms, in `loop`'s list of connections, then
+ * the connection goes to the codec registered for HTTP/2 (ALPN "h2") or
+ * HTTP/1.1 (listener_set_codecs) with LISTEN_TLS added to `flags`. `s` is
+ * the snapshot `lc` belongs to (held during the handshake). Returns 0, or
+ * -1 when nothing could be set up (the caller closes fd).
  */
-int tls_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer, unsigned flags,
-                      struct snapshot *s, const struct listen_config *lc);
+int tls_server_accept(struct net_loop *loop, int fd, const struct sockaddr_storage *peer,
+                      unsigned flags, struct snapshot *s, const struct listen_config *lc);
 
 /*
- * Makes `c`, just conn_connect'ed to target `t`, a TLS client of `tc`
- * (SNI, verification, the target's cached session). Returns 0 or -1.
+ * Makes `c`, just conn_connect'ed, a TLS client of `tc`: SNI and the name
+ * check use tc's server_name, else `host` (the configured host; NULL: no
+ * name). `session` is the caller's slot for the last session of this
+ * destination: it is offered for resumption, and a new session the server
+ * issues replaces it (the slot owns one reference; it must outlive `c`,
+ * release it with tls_session_forget). Returns 0 or -1.
  */
-int tls_client_start(struct conn *c, const struct tls_client *tc, struct target *t);
+int tls_client_start(struct conn *c, const struct tls_client *tc, const char *host,
+                     struct ssl_session_st **session);
 
-/* Forgets a target's cached session (when the target is freed). */
-void tls_target_forget(struct target *t);
+/* Frees the session in a slot filled by tls_client_start and clears it. */
+void tls_session_forget(struct ssl_session_st **session);
 
 /*
  * The subject of the verified client certificate, one line in RFC 2253

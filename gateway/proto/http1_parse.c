@@ -374,8 +374,8 @@ static void scan_framing(const struct header *headers, size_t n, size_t *te, siz
     }
 }
 
-int http1_request_framing(const struct header *headers, size_t n, enum http1_framing *framing,
-                          uint64_t *length)
+int http1_request_framing(int minor_version, const struct header *headers, size_t n,
+                          enum http1_framing *framing, uint64_t *length)
 {
     size_t te, cl;
     const struct slice *te_value, *cl_value;
@@ -385,6 +385,9 @@ int http1_request_framing(const struct header *headers, size_t n, enum http1_fra
     /* Both framings at once is the classic smuggling vector (RFC 9112 6.3
      * item 3 allows rejecting it): checked before anything else. */
     if (te && cl)
+        return 400;
+    /* HTTP/1.0 has no transfer codings: its framing is faulty (RFC 9112 6.1). */
+    if (te && minor_version == 0)
         return 400;
     if (te) {
         /* Only the single coding "chunked" is implemented (RFC 9112 6.1,

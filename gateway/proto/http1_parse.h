@@ -67,16 +67,18 @@ enum http1_framing {
 };
 
 /*
- * Decides how a request body is framed (RFC 9112 6.1-6.3, SPEC 7 "framing").
- * Returns 0 and sets *framing and *length, or the status to answer:
- * 400 for both Content-Length and Transfer-Encoding, any duplicate
- * Content-Length field (even equal), a Content-Length that is not 1*DIGIT
- * or overflows; 501 for any Transfer-Encoding other than the single coding
- * "chunked" (case-insensitive), including "gzip, chunked" and two
- * Transfer-Encoding fields.
+ * Decides how a request body is framed (RFC 9112 6.1-6.3, SPEC 7 "framing")
+ * for a request of HTTP/1.`minor_version`. Returns 0 and sets *framing and
+ * *length, or the status to answer: 400 for both Content-Length and
+ * Transfer-Encoding, any Transfer-Encoding in an HTTP/1.0 request (RFC 9112
+ * 6.1: faulty framing), any duplicate Content-Length field (even equal), a
+ * Content-Length that is not 1*DIGIT or overflows; 501 for any
+ * Transfer-Encoding other than the single coding "chunked"
+ * (case-insensitive), including "gzip, chunked" and two Transfer-Encoding
+ * fields.
  */
-int http1_request_framing(const struct header *headers, size_t n, enum http1_framing *framing,
-                          uint64_t *length);
+int http1_request_framing(int minor_version, const struct header *headers, size_t n,
+                          enum http1_framing *framing, uint64_t *length);
 
 /*
  * Decides how a response body is framed, given the request method was HEAD

@@ -16,12 +16,12 @@
 #include "base/deadline.h"
 #include "core/exchange.h"
 #include "proto/http1_parse.h"
-#include "server/http2_server.h"
 #include "net/listener.h"
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "net/tls.h"
 #include "core/worker.h"
+#include "net/loop.h"
 
 /* How long a closing connection keeps draining the client's input. */
 #define LINGER_MS 1000
@@ -114,9 +114,9 @@ static void destroy(struct h1_conn *h)
     deadline_cancel(&h->timeout);
     deadline_cancel(&h->kick);
     if (h->handed_off)
-        worker_conn_detach(h->w, &h->link); /* the connection lives on in http2_server */
+        net_loop_conn_detach(&h->w->net, &h->link); /* the connection lives on in http2_server */
     else
-        worker_conn_removed(h->w, &h->link);
+        net_loop_conn_removed(&h->w->net, &h->link);
     metrics_connection_closed("http1");
     free(h->client_subject);
     free(h);
@@ -235,7 +235,7 @@ static void h1_send_head(struct exchange *x)
     /* SPEC 7 "framing": after any 400 or 501 the connection is closed. */
     if (x->status == 400 || x->status == 501)
         h->close_after = true;
-    h->keepalive = !h->close_after && !h->w->draining && h->client_keepalive;
+    h->keepalive = !h->close_after && !h->w->net.draining && h->client_keepalive;
     h->resp_chunked = false;
     h->resp_close_delimited = false;
     header_remove(&x->resp_headers, SLICE_LIT("Connection"));
@@ -647,7 +647,8 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     }
     enum http1_framing framing;
     uint64_t length = 0;
-    int bad = http1_request_framing(x->req_headers.items, x->req_headers.count, &framing, &length);
+    int bad = http1_request_framing(rq->minor_version, x->req_headers.items, x->req_headers.count,
+                                    &framing, &length);
     if (bad) {
         respond_and_close(h, x, bad,
                           bad == 501 ? "only the chunked transfer coding is supported"
@@ -749,7 +750,8 @@ static int try_h2c(struct h1_conn *h)
         return h->conn->eof ? -1 : 0;
     struct sockaddr_storage peer = {0};
     memcpy(&peer, &h->peer, sizeof h->peer);
-    if (http2_server_adopt(h->w, h->conn, &peer, h->flags) < 0)
+    const struct listener_codecs *codecs = listener_codecs();
+    if (!codecs || codecs->adopt_http2(h->w, h->conn, &peer, h->flags) < 0)
         return -1;
     /* The conn is http2_server's now: free only this struct, via leave(). */
     h->conn = NULL;
@@ -938,7 +940,7 @@ int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->conn = c;
     conn_set_owner(c, &h1_conn_events, h);
     conn_read_enable(c, true);
-    worker_conn_added(w, &h->link);
+    net_loop_conn_added(&w->net, &h->link);
     metrics_connection_opened("http1");
     arm_timer(h, limits(h)->header_timeout_ms);
     /* Bytes may already be buffered (a TLS handshake or a codec read them). */

@@ -24,16 +24,12 @@
 struct conn;
 struct worker;
 
-/* What the listener a connection came through allows. */
-enum listen_flags {
-    LISTEN_TLS = 1 << 0, /* the connection is TLS (handshake done) */
-    LISTEN_H2C = 1 << 1, /* cleartext HTTP/2 with prior knowledge is enabled */
-};
-
 /*
  * Takes over an open connection (after a TLS handshake, say) and serves
- * HTTP/1.1 on it; bytes already in c->in are parsed first. On success the
- * codec owns `c` (and frees it); on -1 the caller still owns it.
+ * HTTP/1.1 on it; bytes already in c->in are parsed first. `flags` are enum
+ * listen_flags (net/loop.h); with LISTEN_H2C a fresh connection that
+ * starts with the HTTP/2 preface goes to the registered HTTP/2 codec. On
+ * success the codec owns `c` (and frees it); on -1 the caller still owns it.
  */
 int http1_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_storage *peer,
                        unsigned flags);

@@ -15,7 +15,8 @@
 #include "conf/config.h"
 #include "net/conn.h"
 #include "core/exchange.h"
-#include "server/http1_server.h"
+#include "net/listener.h"
+#include "net/loop.h"
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "net/tls.h"
@@ -220,7 +221,7 @@ static void destroy(struct h2_conn *h)
     conn_free(h->conn);
     event_free(h->timer);
     event_free(h->work);
-    worker_conn_removed(h->w, &h->link);
+    net_loop_conn_removed(&h->w->net, &h->link);
     metrics_connection_closed("h2");
     free(h->client_subject);
     free(h);
@@ -948,10 +949,14 @@ static void feed(struct h2_conn *h)
         if (used < 0) {
             int err = (int)used;
             log_debug("http2: %s: %s", h->remote_addr, nghttp2_strerror(err));
-            /* A flood (queued ACKs, CONTINUATIONs) still gets a GOAWAY; a bad preface does not. */
+            /*
+             * A flood (queued ACKs, CONTINUATIONs) gets ENHANCE_YOUR_CALM;
+             * anything else, a broken connection preface included (RFC 9113
+             * 3.4: a connection error), gets GOAWAY(PROTOCOL_ERROR).
+             */
             if (err == NGHTTP2_ERR_FLOODED || err == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
                 calm_down(h, nghttp2_strerror(err));
-            else if (err != NGHTTP2_ERR_BAD_CLIENT_MAGIC)
+            else
                 nghttp2_session_terminate_session(h->session, NGHTTP2_PROTOCOL_ERROR);
             evbuffer_drain(in, evbuffer_get_length(in));
             h->closing = true;
@@ -1086,7 +1091,14 @@ static int new_session(struct h2_conn *h)
     nghttp2_option_set_max_deflate_dynamic_table_size(opt, H2_HEADER_TABLE_SIZE);
     nghttp2_option_set_max_continuations(opt, H2_MAX_CONTINUATIONS);
     nghttp2_option_set_stream_reset_rate_limit(opt, 1000, 33);
-    nghttp2_option_set_no_closed_streams(opt, 1);
+    /*
+     * Closed streams are kept (no nghttp2_option_set_no_closed_streams), so
+     * that a frame on a stream that just closed is answered with
+     * STREAM_CLOSED (RFC 9113 5.1) instead of being ignored. nghttp2 bounds
+     * them itself: closed plus open incoming streams stay within our
+     * SETTINGS_MAX_CONCURRENT_STREAMS (limits.h2_max_concurrent_streams),
+     * the oldest closed stream being freed first.
+     */
     int rv = nghttp2_session_server_new2(&h->session, cb, h, opt);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
@@ -1145,11 +1157,29 @@ int http2_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->conn = c;
     conn_set_owner(c, &h2_conn_events, h);
     conn_read_enable(c, true);
-    worker_conn_added(w, &h->link);
+    net_loop_conn_added(&w->net, &h->link);
     metrics_connection_opened("h2");
     /* Our SETTINGS go out at once; bytes already read (the preface) are processed from the loop. */
     h->idle_armed = true;
     arm_timer(h, limits(h)->header_timeout_ms);
     schedule(h);
+    return 0;
+}
+
+int http2_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                        unsigned flags)
+{
+    struct conn *c = conn_new();
+    if (!c)
+        return -1;
+    if (conn_open(c, w->base, fd, &h2_conn_events, NULL) < 0) {
+        free(c);
+        return -1;
+    }
+    if (http2_server_adopt(w, c, peer, flags) < 0) {
+        c->fd = -1; /* the caller closes the socket */
+        conn_free(c);
+        return -1;
+    }
     return 0;
 }

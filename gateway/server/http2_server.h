@@ -24,4 +24,13 @@ struct worker;
 int http2_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_storage *peer,
                        unsigned flags);
 
+/*
+ * Serves HTTP/2 on a freshly accepted cleartext socket of a listener
+ * without HTTP/1.1 (LISTEN_H2C_ONLY): whatever arrives must be the
+ * connection preface, else GOAWAY(PROTOCOL_ERROR). Returns 0, or -1 (the
+ * caller closes fd).
+ */
+int http2_server_accept(struct worker *w, int fd, const struct sockaddr_storage *peer,
+                        unsigned flags);
+
 #endif

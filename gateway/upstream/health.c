@@ -18,7 +18,7 @@
 #include "conf/config.h"
 #include "net/conn.h"
 #include "net/tls.h"
-#include "upstream/upstream.h"
+#include "upstream/target.h"
 #include "base/log.h"
 
 /* Enough for "HTTP/1.1 200 " and a reason phrase; longer lines are judged on this prefix. */
@@ -188,7 +188,7 @@ static void start_probe(struct health_checker *hc, struct target *t)
                      p) < 0)
         goto fail;
     const struct tls_client *tls = hc->upstream->cfg->tls;
-    if (tls && tls_client_start(&p->conn, tls, t) < 0)
+    if (tls && target_tls_start(&p->conn, tls, t) < 0)
         goto fail;
     int timeout_ms = h->timeout_ms > 0 ? h->timeout_ms : 1000;
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};

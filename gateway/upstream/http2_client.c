@@ -750,7 +750,7 @@ static struct h2_session *session_new(struct event_base *base, struct target *t,
     /* With "tls": the handshake runs after the connect, offering only "h2". */
     if (cfg->tls) {
         static const unsigned char alpn[] = {2, 'h', '2'};
-        if (tls_client_start(&s->conn, cfg->tls, t) < 0 ||
+        if (target_tls_start(&s->conn, cfg->tls, t) < 0 ||
             SSL_set_alpn_protos(s->conn.ssl, alpn, sizeof alpn) != 0) {
             errno = EPROTO;
             goto fail;

@@ -441,7 +441,7 @@ void upstream_rt_free(struct upstream_rt *u)
     }
     for (size_t i = 0; i < u->num_targets; i++) {
         pool_close_all(&u->targets[i]->pool);
-        tls_target_forget(u->targets[i]);
+        tls_session_forget(&u->targets[i]->tls_session);
         free(u->targets[i]);
     }
     free(u->targets);

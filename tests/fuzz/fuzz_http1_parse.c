@@ -49,7 +49,7 @@ static void check_request(const char *buf, size_t size, size_t max)
 
     enum http1_framing f;
     uint64_t length;
-    int s = http1_request_framing(hdr, h.num_headers, &f, &length);
+    int s = http1_request_framing(h.minor_version, hdr, h.num_headers, &f, &length);
     if (s != 0 && s != 400 && s != 501)
         abort();
     if (s == 0 && f == HTTP1_BODY_CLOSE)

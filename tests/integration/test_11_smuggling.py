@@ -38,6 +38,12 @@ CASES = {
                                    b"\r\nContent-Length: 3\r\n\r\nabc"),
     "invalid_version": (400, b"GET / HTTQ/1.1\r\nHost: x\r\n\r\n"),
     "invalid_version_digits": (400, b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"),
+    # RFC 9112 6.1: HTTP/1.0 has no transfer codings; Transfer-Encoding there is faulty framing.
+    "http10_te_chunked": (400, b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                               b"\r\n5\r\nhello\r\n0\r\n\r\n" + SMUGGLED),
+    "http10_te_chunked_no_host": (400, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                       b"0\r\n\r\n"),
+    "http10_te_gzip": (400, b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip\r\n\r\nhello"),
     # SPEC 7: any Transfer-Encoding other than the single coding "chunked" is 501.
     "te_gzip_chunked": (501, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked"
                              b"\r\n\r\n0\r\n\r\n"),

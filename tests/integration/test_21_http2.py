@@ -328,7 +328,7 @@ def test_rapid_reset_is_cut_off_while_others_are_served(sluice, backend):
     # Another connection is served meanwhile and afterwards.
     with other:
         st = other.request("GET", "/fine")
-        assert st.status == "200" and bytes(st.body) == b"ok"
+        assert int(st.status) == 200 and bytes(st.body) == b"ok"
     assert s.request("GET", "/").status == 200
     assert b.count < 2000
 
@@ -413,6 +413,57 @@ def test_continuation_flood_is_cut_off(sluice):
     goaways = [f for f in frames if f[0] == 7]
     assert goaways, frames
     assert not [f for f in frames if f[0] == 1], "a response was sent"
+
+
+def test_frame_on_closed_stream_is_stream_closed(sluice):
+    """RFC 9113 5.1: DATA on a stream that is closed is a STREAM_CLOSED error
+    (here a GOAWAY or RST_STREAM with that code), not silently ignored."""
+    import hpack
+    s = gateway(sluice, routes=[{"respond": {"status": 200, "body": "ok"}}])
+    head = hpack.Encoder().encode([(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                   (":authority", "x")])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        sock.sendall(PREFACE + frame(4, 0, 0, b"") + frame(1, 0x5, 1, head))
+        buf = b""
+        sock.settimeout(5)
+        while True:  # until the response's END_STREAM: the stream is closed both ways
+            buf += sock.recv(65536)
+            frames = []
+            rest = buf
+            while len(rest) >= 9 and len(rest) >= 9 + int.from_bytes(rest[:3], "big"):
+                n = int.from_bytes(rest[:3], "big")
+                frames.append((rest[3], rest[4], int.from_bytes(rest[5:9], "big") & 0x7FFFFFFF))
+                rest = rest[9 + n:]
+            if any(f[2] == 1 and f[0] in (0, 1) and f[1] & 0x1 for f in frames):
+                break
+        sock.sendall(frame(0, 0x1, 1, b"late"))
+        after = read_frames(sock)
+    errors = [int.from_bytes(f[3][4:8], "big") for f in after if f[0] == 7] + \
+             [int.from_bytes(f[3][:4], "big") for f in after if f[0] == 3 and f[2] == 1]
+    assert h2.errors.ErrorCodes.STREAM_CLOSED in errors, after
+
+
+def test_many_closed_streams_do_not_grow_memory(sluice):
+    """Closed streams are kept for the STREAM_CLOSED answer, but only as many
+    as SETTINGS_MAX_CONCURRENT_STREAMS: tens of thousands of streams opened
+    and closed on one connection leave RSS flat."""
+    s = gateway(sluice, routes=[{"respond": {"status": 200, "body": "ok"}}], env=RSS_ENV)
+
+    def run(c, n, batch=64):
+        for _ in range(n // batch):
+            sids = [c.start("GET", "/") for _ in range(batch)]
+            assert c.wait(lambda: all(c.done(i) for i in sids), 20)
+            for i in sids:
+                assert c.streams.pop(i).status == "200"
+
+    with H2Client(s.port, timeout=30) as c:
+        run(c, 4096)  # warm up: arenas, buffers, the retained set at its bound
+        before = s.rss_kib()
+        run(c, 32768)
+        after = s.rss_kib()
+        assert c.goaway is None
+    print(f"h2 closed streams: RSS {before} KiB before, {after} KiB after 32768 more streams")
+    assert after - before < 2048, f"RSS grew by {after - before} KiB over 32768 closed streams"
 
 
 def test_header_list_over_limit_is_431(sluice):
@@ -612,6 +663,32 @@ def test_preface_in_pieces_and_http1_on_the_same_listener(sluice):
         data = sock.recv(9)
         assert len(data) >= 4 and data[3] == 4, data  # the server's SETTINGS
     assert s.request("GET", "/").status == 200  # HTTP/1.1 still served on the h2c listener
+
+
+def test_broken_preface_on_h2c_only_listener_is_goaway(sluice):
+    """A listener with protocols ["h2c"] speaks no HTTP/1.1: a broken
+    connection preface (or an HTTP/1.1 request) is an HTTP/2 connection error,
+    GOAWAY(PROTOCOL_ERROR) (RFC 9113 3.4), not an HTTP/1.1 400."""
+    s = sluice({"workers": 1, "listen": [h2c_listener(protocols=("h2c",))],
+                "routes": [{"respond": {"status": 200, "body": "ok"}}]})
+    for opening in (b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n" + frame(4, 0, 0, b""),
+                    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(opening)
+            sock.settimeout(5)
+            first = sock.recv(9, socket.MSG_PEEK)
+            assert not first.startswith(b"HTTP/"), first
+            frames = read_frames(sock)
+        goaways = [f for f in frames if f[0] == 7]
+        assert goaways, frames
+        assert int.from_bytes(goaways[0][3][4:8], "big") == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    # A proper HTTP/2 client is served on it.
+    c = H2Client(s.port)
+    try:
+        st = c.request("GET", "/")
+        assert int(st.status) == 200 and bytes(st.body) == b"ok"
+    finally:
+        c.close()
 
 
 # --------------------------------------------------------------------------

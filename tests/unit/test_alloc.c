@@ -24,6 +24,7 @@
 #include "conf/config.h"
 #include "test.h"
 #include "core/worker.h"
+#include "server/codecs.h"
 
 static atomic_long allocations;
 static atomic_bool counting;
@@ -187,6 +188,7 @@ int main(void)
     if (!s)
         return test_done();
     config_current_set(s);
+    listener_set_codecs(&server_codecs);
     struct worker *w = worker_new(0, s);
     ok(w && worker_start(w) == 0, "worker starts");
 

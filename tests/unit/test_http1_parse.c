@@ -416,11 +416,33 @@ static void test_framing(void)
         size_t n = fill(hdr, c);
         enum http1_framing f = HTTP1_BODY_CLOSE;
         uint64_t len = 99;
-        int r = http1_request_framing(hdr, n, &f, &len);
+        int r = http1_request_framing(1, hdr, n, &f, &len);
         is_int(r, c->want, "request framing %zu", i);
         if (r == 0) {
             is_int(f, c->framing, "request framing kind %zu", i);
             ok(len == c->length, "request length %zu", i);
+        }
+    }
+    /* HTTP/1.0 knows no transfer coding: any Transfer-Encoding is faulty framing. */
+    static const struct framing_case http10_cases[] = {
+        {{{0}}, 0, 0, HTTP1_BODY_NONE, 0},
+        {{{"Content-Length", "5"}}, 1, 0, HTTP1_BODY_LENGTH, 5},
+        {{{"Transfer-Encoding", "chunked"}}, 1, 400, HTTP1_BODY_NONE, 0},
+        {{{"transfer-encoding", "ChUnKeD"}}, 1, 400, HTTP1_BODY_NONE, 0},
+        {{{"Transfer-Encoding", "gzip"}}, 1, 400, HTTP1_BODY_NONE, 0},
+        {{{"Transfer-Encoding", "chunked"}, {"Content-Length", "5"}}, 2, 400, HTTP1_BODY_NONE, 0},
+    };
+    for (size_t i = 0; i < N(http10_cases); i++) {
+        const struct framing_case *c = &http10_cases[i];
+        struct header hdr[4];
+        size_t n = fill(hdr, c);
+        enum http1_framing f = HTTP1_BODY_CLOSE;
+        uint64_t len = 99;
+        int r = http1_request_framing(0, hdr, n, &f, &len);
+        is_int(r, c->want, "HTTP/1.0 request framing %zu", i);
+        if (r == 0) {
+            is_int(f, c->framing, "HTTP/1.0 request framing kind %zu", i);
+            ok(len == c->length, "HTTP/1.0 request length %zu", i);
         }
     }
     for (size_t i = 0; i < N(response_cases); i++) {

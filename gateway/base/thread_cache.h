@@ -1,0 +1,58 @@
+/*
+ * thread_cache: the per-thread caches of a worker in one struct
+ * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c) and
+ * spare evbuffers (net/conn.c). The worker embeds one, registers it for
+ * its thread when its loop starts and empties it when the loop ends; the
+ * modules reach it through thread_cache_self() without knowing about
+ * workers (they sit in lower layers). A thread without a registered cache
+ * (the main thread, a unit test's thread) caches nothing: every object is
+ * allocated and freed directly.
+ *
+ * Adding a cache for a module: add its fields below (plain arrays and
+ * counters, no allocation of their own), read them through
+ * thread_cache_self() (NULL: no cache), and give the module a
+ * <module>_cache_clear(struct thread_cache *) that frees what the fields
+ * hold; the worker calls it when its loop ends (core/worker.c, next to
+ * arena_cache_clear). The struct lives inside struct worker, so the hot
+ * path pays one thread-local load and no allocation.
+ *
+ * Owns: nothing by itself; each module frees its own fields. Thread: a
+ * cache is used only by the thread it is registered for.
+ */
+#ifndef SLUICE_THREAD_CACHE_H
+#define SLUICE_THREAD_CACHE_H
+
+struct arena;
+struct evbuffer;
+
+/* Spare arenas: enough for a busy HTTP/2 connection's streams; 256 KiB at most. */
+#define THREAD_CACHE_ARENAS 64
+/* Spare evbuffers lent by idle connections (conn_release_buffers). */
+#define THREAD_CACHE_BUFFERS 128
+
+struct thread_cache {
+    /* base/arena.c: freed arenas kept for the next arena_new of the same size. */
+    struct arena *arenas[THREAD_CACHE_ARENAS];
+    int num_arenas;
+    /* net/conn.c: empty evbuffers of idle keep-alive connections. */
+    struct evbuffer *buffers[THREAD_CACHE_BUFFERS];
+    int num_buffers;
+};
+
+/* The cache registered for the calling thread (NULL: none); see thread_cache_self(). */
+extern _Thread_local struct thread_cache *thread_cache_registered;
+
+/*
+ * Registers `tc` (embedded in its owner, zeroed) as the calling thread's
+ * cache, or unregisters with NULL. The caller empties it (the modules'
+ * *_cache_clear functions) before it goes away.
+ */
+void thread_cache_set(struct thread_cache *tc);
+
+/* The calling thread's cache, or NULL when none is registered. */
+static inline struct thread_cache *thread_cache_self(void)
+{
+    return thread_cache_registered;
+}
+
+#endif
