@@ -1,5 +1,7 @@
 #include "core/exchange.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -289,7 +291,64 @@ void *exchange_filter_state(struct exchange *x, size_t i)
     return x->filter_state ? x->filter_state[i] : NULL;
 }
 
+/*
+ * Where a pause stands. IN_FILTER: on_request is running, so a resume now
+ * must wait for it to return. WAITING: on_request returned FILTER_PAUSE and
+ * pause_timer holds the deadline. RESUMED: the resume came before on_request
+ * returned; pause_timer is deferred to the loop's next turn.
+ */
+enum pause_state {
+    PAUSE_NONE = 0,
+    PAUSE_IN_FILTER,
+    PAUSE_WAITING,
+    PAUSE_RESUMED,
+};
+
 static void after_request_filters(struct exchange *x);
+static void on_pause_timer(struct deadline *d);
+
+static void on_arena_cancel_pause(void *arg)
+{
+    struct exchange *x = arg;
+    deadline_cancel(&x->pause_timer);
+}
+
+/* Arms the pause deadline, or defers a resume that came early to the loop. */
+static void pause_begin(struct exchange *x, bool resumed)
+{
+    if (!x->pause_cleanup) {
+        deadline_init(&x->pause_timer, on_pause_timer);
+        /* The client may leave while paused: the timer must die with the arena. */
+        arena_cleanup_add(x->arena, on_arena_cancel_pause, x);
+        x->pause_cleanup = true;
+    }
+    if (resumed) {
+        x->pause = PAUSE_RESUMED;
+        deadline_defer(x->worker->deadlines, &x->pause_timer);
+        return;
+    }
+    x->pause = PAUSE_WAITING;
+    deadline_arm(x->worker->deadlines, &x->pause_timer, exchange_pause_timeout_ms(x));
+}
+
+int exchange_pause_timeout_ms(const struct exchange *x)
+{
+    const struct route_config *r = x->route;
+    if (r && r->timeout_ms > 0)
+        return r->timeout_ms;
+    if (r && r->action == ROUTE_UPSTREAM && r->upstream && r->upstream->timeout_ms > 0)
+        return r->upstream->timeout_ms;
+    int body = x->snapshot->limits.body_timeout_ms;
+    return body > 0 ? body : 30000;
+}
+
+/* A filter answered (RESPOND): send its response, or a 500 if it forgot to set one. */
+static void reply_filter_response(struct exchange *x)
+{
+    if (!x->response_ready)
+        exchange_respond_error(x, 500, "a filter failed to respond");
+    exchange_reply(x);
+}
 
 /* Runs request filters from x->filter_next on. Returns when done or paused. */
 static void run_request_filters(struct exchange *x)
@@ -300,32 +359,68 @@ static void run_request_filters(struct exchange *x)
         const struct filter_instance *f = pipeline_filter(x, i);
         if (!f->type->on_request)
             continue;
-        enum filter_verdict v =
-            f->type->on_request(f->instance, x, x->filter_state ? x->filter_state[i] : NULL);
+        x->pause = PAUSE_IN_FILTER;
+        enum filter_verdict v = f->type->on_request(
+            f->instance, filter_context(x->view->filter_contexts, x->snapshot, x->route, i), x,
+            x->filter_state ? x->filter_state[i] : NULL);
+        bool resumed = x->pause == PAUSE_RESUMED;
+        x->pause = PAUSE_NONE;
         if (v == FILTER_PAUSE) {
-            x->paused = true;
+            pause_begin(x, resumed);
             return;
         }
+        /* exchange_resume() without FILTER_PAUSE breaks the contract. */
+        assert(!resumed);
         if (v == FILTER_RESPOND) {
-            if (!x->response_ready)
-                exchange_respond_error(x, 500, "a filter failed to respond");
-            exchange_reply(x);
+            reply_filter_response(x);
             return;
         }
     }
     after_request_filters(x);
 }
 
-void exchange_resume(struct exchange *x, enum filter_verdict verdict)
+static void continue_after_pause(struct exchange *x, enum filter_verdict verdict)
 {
-    x->paused = false;
     if (verdict == FILTER_RESPOND) {
-        if (!x->response_ready)
-            exchange_respond_error(x, 500, "a filter failed to respond");
-        exchange_reply(x);
+        reply_filter_response(x);
         return;
     }
     run_request_filters(x);
+}
+
+static void on_pause_timer(struct deadline *d)
+{
+    struct exchange *x = (struct exchange *)((char *)d - offsetof(struct exchange, pause_timer));
+    if (x->pause == PAUSE_RESUMED) {
+        x->pause = PAUSE_NONE;
+        continue_after_pause(x, x->resume_verdict);
+        return;
+    }
+    /*
+     * The filter never answered. Its operation is still pending: the arena
+     * cleanup it registered before pausing cancels it when the reply frees
+     * the exchange.
+     */
+    x->pause = PAUSE_NONE;
+    exchange_respond_error(x, 504, "a filter did not answer in time");
+    exchange_reply(x);
+}
+
+void exchange_resume(struct exchange *x, enum filter_verdict verdict)
+{
+    assert(x->pause == PAUSE_IN_FILTER || x->pause == PAUSE_WAITING);
+    assert(verdict == FILTER_CONTINUE || verdict == FILTER_RESPOND);
+    if (x->pause == PAUSE_IN_FILTER) {
+        /* Not re-entrantly: run_request_filters defers once on_request returns. */
+        x->resume_verdict = verdict;
+        x->pause = PAUSE_RESUMED;
+        return;
+    }
+    if (x->pause != PAUSE_WAITING)
+        return;
+    deadline_cancel(&x->pause_timer);
+    x->pause = PAUSE_NONE;
+    continue_after_pause(x, verdict);
 }
 
 static void run_response_filters(struct exchange *x)
@@ -334,8 +429,84 @@ static void run_response_filters(struct exchange *x)
     for (size_t i = x->filter_next; i-- > 0;) {
         const struct filter_instance *f = pipeline_filter(x, i);
         if (f && f->type->on_response)
-            f->type->on_response(f->instance, x, x->filter_state ? x->filter_state[i] : NULL);
+            f->type->on_response(f->instance,
+                                 filter_context(x->view->filter_contexts, x->snapshot, x->route, i),
+                                 x, x->filter_state ? x->filter_state[i] : NULL);
     }
+}
+
+/* ---- request body hooks ---------------------------------------------------- */
+
+static void on_body_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct exchange *x = arg;
+    x->req_body_added += info->n_added;
+}
+
+static void on_arena_unwatch_body(void *arg)
+{
+    /* Runs before the pooled req_body goes back (cleanups run newest first). */
+    struct exchange *x = arg;
+    evbuffer_remove_cb_entry(x->req_body, x->body_cb);
+}
+
+/* Counts the body bytes the codec appends from now on, for the body hooks. */
+static void watch_body(struct exchange *x)
+{
+    x->body_watched = true;
+    x->req_body_added = evbuffer_get_length(x->req_body); /* nothing was drained yet */
+    x->body_cb = evbuffer_add_cb(x->req_body, on_body_added, x);
+    if (!x->body_cb) {
+        fprintf(stderr, "sluice: out of memory\n");
+        abort();
+    }
+    arena_cleanup_add(x->arena, on_arena_unwatch_body, x);
+}
+
+/*
+ * Shows the body bytes that arrived since the last call to every body hook.
+ * Returns FILTER_RESPOND when one answered (the response is set).
+ */
+static enum filter_verdict run_body_hooks(struct exchange *x)
+{
+    size_t fresh = (size_t)(x->req_body_added - x->req_body_seen);
+    bool end = x->req_body_done && !x->body_end_seen;
+    if (fresh == 0 && !end)
+        return FILTER_CONTINUE;
+    x->req_body_seen += fresh;
+    x->body_end_seen = x->req_body_done;
+    size_t n = pipeline_length(x);
+    for (size_t i = 0; i < n; i++) {
+        const struct filter_instance *f = pipeline_filter(x, i);
+        if (!f->type->on_request_body)
+            continue;
+        enum filter_verdict v = f->type->on_request_body(
+            f->instance, filter_context(x->view->filter_contexts, x->snapshot, x->route, i), x,
+            x->filter_state ? x->filter_state[i] : NULL, fresh);
+        if (v == FILTER_CONTINUE)
+            continue;
+        if (v == FILTER_PAUSE || !x->response_ready)
+            exchange_respond_error(x, 500, "a filter failed to respond");
+        return FILTER_RESPOND;
+    }
+    return FILTER_CONTINUE;
+}
+
+/* A body hook answered: the response replaces the upstream's, or cuts it if already started. */
+static void reply_body_response(struct exchange *x)
+{
+    if (x->head_sent) {
+        exchange_abort(x);
+        return;
+    }
+    exchange_reply(x);
+}
+
+int exchange_body_splice_fd(struct exchange *x, uint64_t *left)
+{
+    if (x->body_watched || !x->client->ops->body_splice_fd)
+        return -1;
+    return x->client->ops->body_splice_fd(x, left);
 }
 
 static void allocate_filter_state(struct exchange *x)
@@ -344,11 +515,15 @@ static void allocate_filter_state(struct exchange *x)
     if (n == 0)
         return;
     x->filter_state = arena_calloc(x->arena, n * sizeof *x->filter_state);
+    bool body_hooks = false;
     for (size_t i = 0; i < n; i++) {
         const struct filter_instance *f = pipeline_filter(x, i);
         if (f->type->state_size)
             x->filter_state[i] = arena_calloc(x->arena, f->type->state_size);
+        body_hooks |= f->type->on_request_body != NULL;
     }
+    if (body_hooks)
+        watch_body(x);
 }
 
 /* ---- starting a request --------------------------------------------------- */
@@ -447,6 +622,11 @@ static void after_request_filters(struct exchange *x)
         return;
     }
     case ROUTE_UPSTREAM:
+        /* The body that came while the filters ran passes the body hooks first. */
+        if (x->body_watched && run_body_hooks(x) == FILTER_RESPOND) {
+            reply_body_response(x);
+            return;
+        }
         if (x->expect_continue && x->req_has_body && !x->req_body_done &&
             x->client->ops->send_continue)
             x->client->ops->send_continue(x);
@@ -460,6 +640,10 @@ static void after_request_filters(struct exchange *x)
 void exchange_on_request_body(struct exchange *x)
 {
     if (x->proxy) {
+        if (x->body_watched && run_body_hooks(x) == FILTER_RESPOND) {
+            reply_body_response(x);
+            return;
+        }
         proxy_on_request_body(x);
         return;
     }

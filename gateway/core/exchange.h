@@ -15,6 +15,13 @@
  * response, an error) or hands over to the proxy. The response head passes
  * through the response filters (reverse order) before the codec sends it.
  *
+ * Filters (core/filter.h, docs/internals/filters.md): request filters run
+ * in order; one may pause, and exchange_resume() continues the pipeline (from
+ * the loop when called before on_request returned). A pause has a deadline
+ * (exchange_pause_timeout_ms): when it passes the exchange answers 504
+ * gateway_timeout. Body hooks see the decoded request body before the
+ * upstream gets it.
+ *
  * Thread: the worker's thread. Filters may call exchange_respond_*() from
  * on_request, and exchange_resume() once after FILTER_PAUSE.
  */
@@ -28,11 +35,13 @@
 
 #include "core/filter.h"
 #include "base/arena.h"
+#include "base/deadline.h"
 #include "base/header.h"
 #include "core/router.h"
 #include "base/slice.h"
 
 struct evbuffer;
+struct evbuffer_cb_entry;
 struct exchange;
 struct proxy;
 struct snapshot;
@@ -140,7 +149,8 @@ struct exchange {
     /* Request body as decoded by the codec, waiting to go upstream. */
     struct evbuffer *req_body;
     bool req_body_done;
-    bool body_held; /* the client's body is paused until the proxy takes it */
+    bool body_held;         /* the client's body is paused until the proxy takes it */
+    uint64_t req_body_seen; /* decoded body bytes shown to the body hooks so far */
     uint64_t bytes_in;
     uint64_t bytes_out;
 
@@ -153,8 +163,15 @@ struct exchange {
 
     /* Pipeline state, private to exchange.c. */
     void **filter_state;
-    size_t filter_next; /* next request filter to run (global then route's) */
-    bool paused;
+    size_t filter_next;                 /* next request filter to run (global then route's) */
+    uint8_t pause;                      /* enum pause_state of exchange.c */
+    bool pause_cleanup;                 /* the arena cleanup cancelling pause_timer is registered */
+    bool body_watched;                  /* some filter of the pipeline has a body hook */
+    bool body_end_seen;                 /* the body hooks were told the body is complete */
+    enum filter_verdict resume_verdict; /* given to exchange_resume() before on_request returned */
+    struct deadline pause_timer;        /* the pause deadline, or the deferred resume */
+    uint64_t req_body_added;            /* decoded body bytes appended to req_body (when watched) */
+    struct evbuffer_cb_entry *body_cb;  /* counts req_body_added */
     bool head_sent;
     bool finished;
     bool response_ready; /* x->status/resp_headers set by the gateway, body in gw_body */
@@ -224,9 +241,33 @@ void exchange_respond(struct exchange *x, int status, struct slice content_type,
 
 /*
  * Continues a paused pipeline (a filter returned FILTER_PAUSE). `verdict` is
- * what the filter's on_request would have returned. Call exactly once.
+ * what the filter's on_request would have returned (CONTINUE or RESPOND).
+ * Call exactly once per pause. When called from a loop callback, the
+ * pipeline continues at once and may finish and free `x` before this
+ * returns. When called before the filter's on_request has returned (the
+ * operation completed synchronously), nothing runs now: the pipeline
+ * continues from the loop's next turn, after on_request returned
+ * FILTER_PAUSE. Resuming an exchange that is not paused (twice, after a
+ * CONTINUE, after the deadline) is a bug: an assertion in debug builds,
+ * ignored otherwise. The caller must not touch `x` afterwards.
  */
 void exchange_resume(struct exchange *x, enum filter_verdict verdict);
+
+/*
+ * How long a filter may keep the exchange paused before the gateway answers
+ * 504 gateway_timeout ("a filter did not answer in time"): the route's
+ * timeout_ms, else the timeout_ms of its upstream (how long the client is
+ * already prepared to wait for an answer), else limits.body_timeout_ms (no
+ * route, or a respond/redirect route). Always > 0.
+ */
+int exchange_pause_timeout_ms(const struct exchange *x);
+
+/*
+ * The client socket from which the proxy may splice the rest of the request
+ * body (the codec's body_splice_fd), or -1: the codec cannot, or a filter's
+ * body hook must see every byte. The proxy calls this, not the codec's op.
+ */
+int exchange_body_splice_fd(struct exchange *x, uint64_t *left);
 
 /* The state of the filter at position `i` of the running pipeline (tests). */
 void *exchange_filter_state(struct exchange *x, size_t i);

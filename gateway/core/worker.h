@@ -30,6 +30,7 @@ struct snapshot;
 struct upstream_rt;
 struct client_conn;
 struct deadlines;
+struct filter_contexts;
 
 /*
  * The part of every client connection the worker sees, whatever its codec:
@@ -52,6 +53,7 @@ struct client_conn {
 struct worker_snapshot {
     struct snapshot *snapshot;
     struct upstream_rt **upstreams; /* indexed like snapshot->upstreams */
+    struct filter_contexts *filter_contexts; /* core/filter.h; NULL when no filter needs one */
     unsigned refs;
     struct worker *worker;
     struct worker_snapshot *next; /* older views still in use */
