@@ -14,6 +14,7 @@
 #include "ops/metrics.h"
 #include "core/proxy.h"
 #include "core/worker.h"
+#include "proto/status.h"
 
 /* Room for a typical request's arena: the head copy, header lists, filter state. */
 #define EXCHANGE_ARENA_SIZE 4096
@@ -105,45 +106,6 @@ struct slice exchange_var(const struct exchange *x, enum exchange_var v)
 
 /* ---- gateway responses -------------------------------------------------- */
 
-struct status_text {
-    int status;
-    const char *code;
-    const char *message;
-};
-
-static const struct status_text status_texts[] = {
-    {400, "bad_request", "the request is malformed"},
-    {401, "unauthorized", "authentication is required"},
-    {403, "forbidden", "access to this resource is forbidden"},
-    {404, "not_found", "no route matches this request"},
-    {408, "request_timeout", "the request was not received in time"},
-    {413, "payload_too_large", "the request body is too large"},
-    {417, "expectation_failed", "the expectation cannot be met"},
-    {429, "too_many_requests", "too many requests"},
-    {431, "request_header_fields_too_large", "the request head is too large"},
-    {501, "not_implemented", "this transfer coding is not implemented"},
-    {500, "internal_error", "internal error"},
-    {502, "bad_gateway", "the upstream failed"},
-    {503, "service_unavailable", "no healthy upstream target"},
-    {504, "gateway_timeout", "the upstream did not answer in time"},
-};
-
-static const struct status_text *status_text(int status)
-{
-    for (size_t i = 0; i < sizeof status_texts / sizeof *status_texts; i++)
-        if (status_texts[i].status == status)
-            return &status_texts[i];
-    return NULL;
-}
-
-const char *exchange_error_code(int status)
-{
-    const struct status_text *t = status_text(status);
-    return t ? t->code : "error";
-}
-
-static const char *reason_phrase(int status);
-
 /* Appends `s` to `out` as the inside of a JSON string. */
 static void json_escape(struct evbuffer *out, struct slice s)
 {
@@ -204,11 +166,10 @@ void exchange_respond_error(struct exchange *x, int status, const char *message)
 {
     if (!x->request_id.len)
         assign_request_id(x); /* an error found before the exchange started */
-    const struct status_text *t = status_text(status);
     if (!message)
-        message = t ? t->message : reason_phrase(status);
+        message = status_message(status);
     x->status = status;
-    x->error = t ? t->code : "error";
+    x->error = status_error_code(status);
     x->gateway_response = true;
     x->response_ready = true;
     /* An error replaces whatever head was being prepared. */
@@ -717,16 +678,4 @@ void exchange_reply(struct exchange *x)
     if (x->gw_body && evbuffer_get_length(x->gw_body) && !x->resp_no_body)
         exchange_send_body(x, x->gw_body);
     exchange_end(x);
-}
-
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 500:
-        return "internal error";
-    default:
-        return "error";
-    }
 }

@@ -278,7 +278,4 @@ int exchange_var_lookup(struct slice name);
 /* The current value of a variable; the empty slice when unset (e.g. no consumer). */
 struct slice exchange_var(const struct exchange *x, enum exchange_var v);
 
-/* The JSON error code of SPEC 7 for a gateway status, e.g. 502 -> "bad_gateway". */
-const char *exchange_error_code(int status);
-
 #endif
