@@ -63,11 +63,11 @@ size_t header_remove(struct header_list *l, struct slice name);
 bool header_has_token(const struct header_list *l, struct slice name, struct slice token);
 
 /*
- * Removes the hop-by-hop fields of RFC 9110 7.6.1: Connection and every field
- * it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding and
- * Upgrade. With `keep_upgrade` (a WebSocket upgrade being forwarded), Upgrade
- * is kept and Connection is reduced to "upgrade".
+ * Takes the next element of a comma-separated list value (RFC 9110 5.6.1)
+ * from the front of `v` into `elem`, without the optional whitespace around
+ * it; empty elements are returned as empty slices. Returns false at the end.
+ * `elem` points into `v`'s bytes.
  */
-void header_remove_hop_by_hop(struct header_list *l, bool keep_upgrade);
+bool header_next_element(struct slice *v, struct slice *elem);
 
 #endif

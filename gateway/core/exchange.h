@@ -39,6 +39,7 @@
 #include "base/header.h"
 #include "core/router.h"
 #include "base/slice.h"
+#include "proto/fields.h" /* transitional: core/proxy.c and upstream/http1_client.c get header_remove_hop_by_hop */
 
 struct evbuffer;
 struct evbuffer_cb_entry;
