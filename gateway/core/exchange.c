@@ -8,10 +8,12 @@
 
 #include <event2/buffer.h>
 
+#include "base/json_writer.h"
 #include "ops/accesslog.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "ops/metrics.h"
+#include "ops/record.h"
 #include "core/proxy.h"
 #include "core/worker.h"
 #include "proto/status.h"
@@ -106,24 +108,6 @@ struct slice exchange_var(const struct exchange *x, enum exchange_var v)
 
 /* ---- gateway responses -------------------------------------------------- */
 
-/* Appends `s` to `out` as the inside of a JSON string. */
-static void json_escape(struct evbuffer *out, struct slice s)
-{
-    size_t start = 0;
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char c = (unsigned char)s.base[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        evbuffer_add(out, s.base + start, i - start);
-        if (c == '"' || c == '\\')
-            evbuffer_add_printf(out, "\\%c", c);
-        else
-            evbuffer_add_printf(out, "\\u%04x", c);
-        start = i + 1;
-    }
-    evbuffer_add(out, s.base + start, s.len - start);
-}
-
 static struct evbuffer *gateway_body(struct exchange *x)
 {
     if (!x->gw_body) {
@@ -176,11 +160,17 @@ void exchange_respond_error(struct exchange *x, int status, const char *message)
     x->resp_headers.count = 0;
     header_set(&x->resp_headers, SLICE_LIT("Content-Type"), SLICE_LIT("application/json"));
     struct evbuffer *b = gateway_body(x);
-    evbuffer_add_printf(b, "{\"status\": %d, \"error\": \"%s\", \"message\": \"", status, x->error);
-    json_escape(b, slice_cstr(message));
-    evbuffer_add(b, "\", \"request_id\": \"", 18);
-    json_escape(b, x->request_id);
-    evbuffer_add(b, "\"}\n", 3);
+    struct json_writer w;
+    json_writer_init_evbuffer(&w, b);
+    json_writer_raw_cstr(&w, "{\"status\": ");
+    json_writer_int(&w, status);
+    json_writer_raw_cstr(&w, ", \"error\": ");
+    json_writer_string(&w, slice_cstr(x->error));
+    json_writer_raw_cstr(&w, ", \"message\": ");
+    json_writer_string(&w, slice_cstr(message));
+    json_writer_raw_cstr(&w, ", \"request_id\": ");
+    json_writer_string(&w, x->request_id);
+    json_writer_raw(&w, "}\n", 2);
     set_content_length(x, evbuffer_get_length(b));
 }
 
@@ -596,6 +586,53 @@ static void after_request_filters(struct exchange *x)
     }
 }
 
+/* ---- accounting ----------------------------------------------------------- */
+
+static const char *protocol_name(enum exchange_protocol p)
+{
+    switch (p) {
+    case XPROTO_HTTP10:
+        return "HTTP/1.0";
+    case XPROTO_HTTP11:
+        return "HTTP/1.1";
+    case XPROTO_HTTP2:
+        return "HTTP/2";
+    }
+    return "HTTP/1.1";
+}
+
+/* Hands the finished exchange to the access log and the metrics as a plain record (ops/record.h).
+ */
+static void account(const struct exchange *x)
+{
+    const struct ops_record r = {
+        .log = &x->snapshot->access_log,
+        .req_headers = &x->req_headers,
+        .remote_addr = x->remote_addr,
+        .protocol = protocol_name(x->protocol),
+        .request_id = x->request_id,
+        .method = x->method,
+        .target = x->target,
+        .host = x->host,
+        .path = x->path,
+        .consumer = x->consumer,
+        .client_subject = x->client_subject,
+        .status = x->status,
+        .bytes_in = x->bytes_in,
+        .bytes_out = x->bytes_out,
+        .start_us = x->start_us,
+        .end_us = now_us(),
+        .upstream_start_us = x->upstream_start_us,
+        .upstream_head_us = x->upstream_head_us,
+        .upstream_name = x->upstream_name,
+        .upstream_target = x->upstream_target,
+        .route = x->route ? x->route->name : NULL,
+        .error = x->error,
+    };
+    accesslog_write(&r);
+    metrics_exchange_done(&r);
+}
+
 /* ---- request body, drain, abort -------------------------------------------- */
 
 void exchange_on_request_body(struct exchange *x)
@@ -628,8 +665,7 @@ void exchange_on_client_abort(struct exchange *x)
     x->finished = true;
     if (!x->status)
         x->status = 499; /* logged only: the client closed before the response */
-    accesslog_write(x);
-    metrics_exchange_done(x);
+    account(x);
     exchange_free(x);
 }
 
@@ -658,8 +694,7 @@ void exchange_end(struct exchange *x)
 {
     x->finished = true;
     x->client->ops->send_end(x);
-    accesslog_write(x);
-    metrics_exchange_done(x);
+    account(x);
     exchange_free(x);
 }
 
@@ -667,8 +702,7 @@ void exchange_abort(struct exchange *x)
 {
     x->finished = true;
     x->client->ops->abort(x);
-    accesslog_write(x);
-    metrics_exchange_done(x);
+    account(x);
     exchange_free(x);
 }
 
