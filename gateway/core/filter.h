@@ -10,7 +10,8 @@
  *             sub-path of the offending option and the fix) and precomputes
  *             everything, so the request path never looks at JSON. The
  *             instance is immutable (const) and shared by all workers;
- *             destroy() frees it when the snapshot goes.
+ *             destroy() frees it when the snapshot goes, on whichever
+ *             thread drops the snapshot's last reference.
  *   context   context_new() runs on a worker's thread when the worker starts
  *             using a snapshot (its view is built), context_free() when the
  *             worker drops that view. The place for what lives on a loop: a
@@ -41,7 +42,8 @@
  * RESPOND (e.g. 413); on RESPOND no more body goes upstream. PAUSE is not
  * allowed there (the pipeline answers 500).
  *
- * Thread: create/destroy on the main thread; everything else on the worker's.
+ * Thread: create on the loading thread, destroy where the snapshot dies;
+ * everything else on the worker's thread.
  */
 #ifndef SLUICE_FILTER_H
 #define SLUICE_FILTER_H
@@ -68,7 +70,10 @@ struct filter_type {
     const char *name;  /* the "type" in the config, e.g. "rate_limit" */
     size_t state_size; /* per-exchange state, zeroed from the arena; 0 if none */
 
-    /* Load time, main thread. create returns NULL after reporting errors. */
+    /*
+     * Load time, on the loading thread. create returns NULL after reporting
+     * errors; destroy frees what create returned (casting the const away).
+     */
     const void *(*create)(const json_t *options, struct config_error *err);
     void (*destroy)(const void *instance);
 
