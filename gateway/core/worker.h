@@ -53,7 +53,8 @@ struct client_conn {
 struct worker_snapshot {
     struct snapshot *snapshot;
     struct upstream_rt **upstreams; /* indexed like snapshot->upstreams */
-    struct filter_contexts *filter_contexts; /* core/filter.h; NULL when no filter needs one */
+    /* Per-worker filter contexts (core/filter.h); NULL when no filter needs one. */
+    struct filter_contexts *filter_contexts;
     unsigned refs;
     struct worker *worker;
     struct worker_snapshot *next; /* older views still in use */
