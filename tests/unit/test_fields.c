@@ -2,11 +2,92 @@
  * The hop-by-hop / connection-specific field table (proto/fields): the fixed
  * names of SPEC 3.1 in any case, Upgrade kept only for a WebSocket upgrade,
  * Trailer end-to-end on HTTP/2, and TE allowed on HTTP/2 only as
- * "TE: trailers" in a request. fields_remove_hop_by_hop's list cases are in
- * test_header.c, next to the list they edit.
+ * "TE: trailers" in a request; fields_remove_hop_by_hop over header lists,
+ * Connection-named fields included.
  */
+#include <stdio.h>
+#include <string.h>
+
+#include "base/arena.h"
 #include "proto/fields.h"
 #include "test.h"
+
+static const char *render(const struct header_list *l)
+{
+    static char out[1024];
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < l->count; i++) {
+        int w = snprintf(out + n, sizeof(out) - n, "%s%.*s: %.*s", i ? "|" : "",
+                         (int)l->items[i].name.len, l->items[i].name.base,
+                         (int)l->items[i].value.len, l->items[i].value.base);
+        if (w < 0 || (size_t)w >= sizeof(out) - n)
+            break;
+        n += (size_t)w;
+    }
+    return out;
+}
+
+struct hop_case {
+    const char *fields[8][2];
+    size_t n;
+    bool keep_upgrade;
+    const char *want;
+};
+
+static const struct hop_case hop_cases[] = {
+    {{{"Host", "a"}, {"Connection", "close"}, {"Keep-Alive", "5"}, {"X", "1"}},
+     4,
+     false,
+     "Host: a|X: 1"},
+    {{{"Host", "a"},
+      {"TE", "trailers"},
+      {"Trailer", "X"},
+      {"Transfer-Encoding", "chunked"},
+      {"Upgrade", "h2c"},
+      {"Proxy-Connection", "keep-alive"},
+      {"Content-Length", "0"}},
+     7,
+     false,
+     "Host: a|Content-Length: 0"},
+    {{{"Connection", "X-Foo, x-bar"}, {"X-Foo", "1"}, {"X-Bar", "2"}, {"X-Baz", "3"}},
+     4,
+     false,
+     "X-Baz: 3"},
+    {{{"X-A", "1"}, {"Connection", "x-a"}, {"connection", "X-B"}, {"X-B", "2"}, {"X-C", "3"}},
+     5,
+     false,
+     "X-C: 3"},
+    {{{"Connection", "Upgrade"}, {"Upgrade", "websocket"}, {"Sec-WebSocket-Key", "k"}},
+     3,
+     false,
+     "Sec-WebSocket-Key: k"},
+    {{{"Connection", "keep-alive, Upgrade, X-Drop"},
+      {"Upgrade", "websocket"},
+      {"Sec-WebSocket-Key", "k"},
+      {"X-Drop", "d"},
+      {"Keep-Alive", "timeout=5"}},
+     5,
+     true,
+     "Upgrade: websocket|Sec-WebSocket-Key: k|Connection: upgrade"},
+    {{{"Host", "a"}}, 1, false, "Host: a"},
+    {{{"Connection", ", ,connection, Host"}, {"Host", "a"}, {"Y", "y"}}, 3, false, "Y: y"},
+};
+
+static void test_hop_by_hop(void)
+{
+    for (size_t i = 0; i < sizeof(hop_cases) / sizeof(hop_cases[0]); i++) {
+        const struct hop_case *c = &hop_cases[i];
+        struct arena *a = arena_new(1024);
+        struct header_list l;
+        header_list_init(&l, a, 2);
+        for (size_t j = 0; j < c->n; j++)
+            header_add(&l, slice_cstr(c->fields[j][0]), slice_cstr(c->fields[j][1]));
+        fields_remove_hop_by_hop(&l, c->keep_upgrade);
+        is_str(render(&l), c->want);
+        arena_free(a);
+    }
+}
 
 static bool hop(const char *name, bool keep_upgrade)
 {
@@ -43,5 +124,6 @@ int main(void)
     ok(h2("te", "gzip", true), "any other TE may not");
     ok(h2("te", "trailers", false), "TE has no place in a response");
     ok(!h2("content-type", "text/plain", false), "ordinary fields pass");
+    test_hop_by_hop();
     return test_done();
 }
