@@ -101,43 +101,6 @@ size_t header_remove(struct header_list *l, struct slice name)
     return removed;
 }
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-/*
- * Returns the next element of the comma-separated list in *v (RFC 9110 5.6.1)
- * with its surrounding whitespace trimmed, and advances *v past it. Empty
- * elements are returned as empty slices; returns false at the end.
- */
-bool header_next_element(struct slice *v, struct slice *elem)
-{
-    if (v->len == 0 || !v->base)
-        return false;
-    const char *p = v->base;
-    const char *end = v->base + v->len;
-    const char *comma = memchr(p, ',', v->len);
-    const char *stop = comma ? comma : end;
-    const char *s = p, *e = stop;
-    while (s < e && is_ows(*s))
-        s++;
-    while (e > s && is_ows(e[-1]))
-        e--;
-    *elem = slice_make(s, (size_t)(e - s));
-    if (comma) {
-        v->base = comma + 1;
-        v->len = (size_t)(end - comma - 1);
-        /* A trailing comma leaves one empty element, which is fine. */
-        if (v->len == 0)
-            v->base = end;
-    } else {
-        v->base = end;
-        v->len = 0;
-    }
-    return true;
-}
-
 bool header_has_token(const struct header_list *l, struct slice name, struct slice token)
 {
     for (size_t i = 0; i < l->count; i++) {

@@ -8,6 +8,7 @@
 
 #include <event2/buffer.h>
 
+#include "base/deadline.h"
 #include "base/json_writer.h"
 #include "ops/accesslog.h"
 #include "conf/config.h"
@@ -255,31 +256,57 @@ enum pause_state {
     PAUSE_RESUMED,
 };
 
+/*
+ * What only exchanges that pause or whose body is watched need, from the
+ * arena on first need, so the common exchange stays small (its arena's
+ * first block holds a whole small request).
+ */
+struct exchange_hold {
+    struct deadline timer; /* the pause deadline, or the deferred resume */
+    struct exchange *x;
+    enum filter_verdict resume_verdict; /* given to exchange_resume() before on_request returned */
+    bool body_end_seen;                 /* the body hooks were told the body is complete */
+    uint64_t body_seen;                 /* body bytes shown to the hooks */
+    uint64_t body_added;                /* body bytes the codec appended to x->req_body */
+    struct evbuffer_cb_entry *body_cb;  /* counts body_added; NULL when not watched */
+};
+
 static void after_request_filters(struct exchange *x);
 static void on_pause_timer(struct deadline *d);
 
-static void on_arena_cancel_pause(void *arg)
+/* Runs before the pooled req_body goes back (cleanups run newest first). */
+static void on_arena_release_hold(void *arg)
 {
-    struct exchange *x = arg;
-    deadline_cancel(&x->pause_timer);
+    struct exchange_hold *h = arg;
+    /* The client may leave while paused: the timer must die with the arena. */
+    deadline_cancel(&h->timer);
+    if (h->body_cb)
+        evbuffer_remove_cb_entry(h->x->req_body, h->body_cb);
+}
+
+static struct exchange_hold *hold_get(struct exchange *x)
+{
+    if (x->hold)
+        return x->hold;
+    struct exchange_hold *h = arena_calloc(x->arena, sizeof *h);
+    deadline_init(&h->timer, on_pause_timer);
+    h->x = x;
+    arena_cleanup_add(x->arena, on_arena_release_hold, h);
+    x->hold = h;
+    return h;
 }
 
 /* Arms the pause deadline, or defers a resume that came early to the loop. */
 static void pause_begin(struct exchange *x, bool resumed)
 {
-    if (!x->pause_cleanup) {
-        deadline_init(&x->pause_timer, on_pause_timer);
-        /* The client may leave while paused: the timer must die with the arena. */
-        arena_cleanup_add(x->arena, on_arena_cancel_pause, x);
-        x->pause_cleanup = true;
-    }
+    struct exchange_hold *h = hold_get(x);
     if (resumed) {
         x->pause = PAUSE_RESUMED;
-        deadline_defer(x->worker->deadlines, &x->pause_timer);
+        deadline_defer(x->worker->deadlines, &h->timer);
         return;
     }
     x->pause = PAUSE_WAITING;
-    deadline_arm(x->worker->deadlines, &x->pause_timer, exchange_pause_timeout_ms(x));
+    deadline_arm(x->worker->deadlines, &h->timer, exchange_pause_timeout_ms(x));
 }
 
 int exchange_pause_timeout_ms(const struct exchange *x)
@@ -341,10 +368,12 @@ static void continue_after_pause(struct exchange *x, enum filter_verdict verdict
 
 static void on_pause_timer(struct deadline *d)
 {
-    struct exchange *x = (struct exchange *)((char *)d - offsetof(struct exchange, pause_timer));
+    struct exchange_hold *h =
+        (struct exchange_hold *)((char *)d - offsetof(struct exchange_hold, timer));
+    struct exchange *x = h->x;
     if (x->pause == PAUSE_RESUMED) {
         x->pause = PAUSE_NONE;
-        continue_after_pause(x, x->resume_verdict);
+        continue_after_pause(x, h->resume_verdict);
         return;
     }
     /*
@@ -363,13 +392,13 @@ void exchange_resume(struct exchange *x, enum filter_verdict verdict)
     assert(verdict == FILTER_CONTINUE || verdict == FILTER_RESPOND);
     if (x->pause == PAUSE_IN_FILTER) {
         /* Not re-entrantly: run_request_filters defers once on_request returns. */
-        x->resume_verdict = verdict;
+        hold_get(x)->resume_verdict = verdict;
         x->pause = PAUSE_RESUMED;
         return;
     }
     if (x->pause != PAUSE_WAITING)
         return;
-    deadline_cancel(&x->pause_timer);
+    deadline_cancel(&x->hold->timer);
     x->pause = PAUSE_NONE;
     continue_after_pause(x, verdict);
 }
@@ -390,28 +419,26 @@ static void run_response_filters(struct exchange *x)
 
 static void on_body_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    struct exchange *x = arg;
-    x->req_body_added += info->n_added;
-}
-
-static void on_arena_unwatch_body(void *arg)
-{
-    /* Runs before the pooled req_body goes back (cleanups run newest first). */
-    struct exchange *x = arg;
-    evbuffer_remove_cb_entry(x->req_body, x->body_cb);
+    struct exchange_hold *h = arg;
+    h->body_added += info->n_added;
 }
 
 /* Counts the body bytes the codec appends from now on, for the body hooks. */
 static void watch_body(struct exchange *x)
 {
+    struct exchange_hold *h = hold_get(x);
     x->body_watched = true;
-    x->req_body_added = evbuffer_get_length(x->req_body); /* nothing was drained yet */
-    x->body_cb = evbuffer_add_cb(x->req_body, on_body_added, x);
-    if (!x->body_cb) {
+    h->body_added = evbuffer_get_length(x->req_body); /* nothing was drained yet */
+    h->body_cb = evbuffer_add_cb(x->req_body, on_body_added, h);
+    if (!h->body_cb) {
         fprintf(stderr, "sluice: out of memory\n");
         abort();
     }
-    arena_cleanup_add(x->arena, on_arena_unwatch_body, x);
+}
+
+uint64_t exchange_body_seen(const struct exchange *x)
+{
+    return x->hold ? x->hold->body_seen : 0;
 }
 
 /*
@@ -420,12 +447,13 @@ static void watch_body(struct exchange *x)
  */
 static enum filter_verdict run_body_hooks(struct exchange *x)
 {
-    size_t fresh = (size_t)(x->req_body_added - x->req_body_seen);
-    bool end = x->req_body_done && !x->body_end_seen;
+    struct exchange_hold *h = x->hold;
+    size_t fresh = (size_t)(h->body_added - h->body_seen);
+    bool end = x->req_body_done && !h->body_end_seen;
     if (fresh == 0 && !end)
         return FILTER_CONTINUE;
-    x->req_body_seen += fresh;
-    x->body_end_seen = x->req_body_done;
+    h->body_seen += fresh;
+    h->body_end_seen = x->req_body_done;
     size_t n = pipeline_length(x);
     for (size_t i = 0; i < n; i++) {
         const struct filter_instance *f = pipeline_filter(x, i);
@@ -601,35 +629,39 @@ static const char *protocol_name(enum exchange_protocol p)
     return "HTTP/1.1";
 }
 
-/* Hands the finished exchange to the access log and the metrics as a plain record (ops/record.h).
+/*
+ * Hands the finished exchange to the access log and the metrics as a plain
+ * record (ops/record.h). The metrics read only the status, the times and
+ * the route; the rest is filled only when a line will be written.
  */
 static void account(const struct exchange *x)
 {
-    const struct ops_record r = {
-        .log = &x->snapshot->access_log,
-        .req_headers = &x->req_headers,
-        .remote_addr = x->remote_addr,
-        .protocol = protocol_name(x->protocol),
-        .request_id = x->request_id,
-        .method = x->method,
-        .target = x->target,
-        .host = x->host,
-        .path = x->path,
-        .consumer = x->consumer,
-        .client_subject = x->client_subject,
-        .status = x->status,
-        .bytes_in = x->bytes_in,
-        .bytes_out = x->bytes_out,
-        .start_us = x->start_us,
-        .end_us = now_us(),
-        .upstream_start_us = x->upstream_start_us,
-        .upstream_head_us = x->upstream_head_us,
-        .upstream_name = x->upstream_name,
-        .upstream_target = x->upstream_target,
-        .route = x->route ? x->route->name : NULL,
-        .error = x->error,
-    };
-    accesslog_write(&r);
+    struct ops_record r;
+    r.status = x->status;
+    r.start_us = x->start_us;
+    r.end_us = now_us();
+    r.route = x->route ? x->route->name : NULL;
+    if (accesslog_enabled(&x->snapshot->access_log)) {
+        r.log = &x->snapshot->access_log;
+        r.req_headers = &x->req_headers;
+        r.remote_addr = x->remote_addr;
+        r.protocol = protocol_name(x->protocol);
+        r.request_id = x->request_id;
+        r.method = x->method;
+        r.target = x->target;
+        r.host = x->host;
+        r.path = x->path;
+        r.consumer = x->consumer;
+        r.client_subject = x->client_subject;
+        r.bytes_in = x->bytes_in;
+        r.bytes_out = x->bytes_out;
+        r.upstream_start_us = x->upstream_start_us;
+        r.upstream_head_us = x->upstream_head_us;
+        r.upstream_name = x->upstream_name;
+        r.upstream_target = x->upstream_target;
+        r.error = x->error;
+        accesslog_write(&r);
+    }
     metrics_exchange_done(&r);
 }
 

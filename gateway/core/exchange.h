@@ -35,14 +35,13 @@
 
 #include "core/filter.h"
 #include "base/arena.h"
-#include "base/deadline.h"
 #include "base/header.h"
 #include "core/router.h"
 #include "base/slice.h"
 #include "proto/fields.h" /* transitional: core/proxy.c and upstream/http1_client.c get header_remove_hop_by_hop */
 
 struct evbuffer;
-struct evbuffer_cb_entry;
+struct exchange_hold;
 struct exchange;
 struct proxy;
 struct snapshot;
@@ -150,8 +149,7 @@ struct exchange {
     /* Request body as decoded by the codec, waiting to go upstream. */
     struct evbuffer *req_body;
     bool req_body_done;
-    bool body_held;         /* the client's body is paused until the proxy takes it */
-    uint64_t req_body_seen; /* decoded body bytes shown to the body hooks so far */
+    bool body_held; /* the client's body is paused until the proxy takes it */
     uint64_t bytes_in;
     uint64_t bytes_out;
 
@@ -164,15 +162,10 @@ struct exchange {
 
     /* Pipeline state, private to exchange.c. */
     void **filter_state;
-    size_t filter_next;                 /* next request filter to run (global then route's) */
-    uint8_t pause;                      /* enum pause_state of exchange.c */
-    bool pause_cleanup;                 /* the arena cleanup cancelling pause_timer is registered */
-    bool body_watched;                  /* some filter of the pipeline has a body hook */
-    bool body_end_seen;                 /* the body hooks were told the body is complete */
-    enum filter_verdict resume_verdict; /* given to exchange_resume() before on_request returned */
-    struct deadline pause_timer;        /* the pause deadline, or the deferred resume */
-    uint64_t req_body_added;            /* decoded body bytes appended to req_body (when watched) */
-    struct evbuffer_cb_entry *body_cb;  /* counts req_body_added */
+    size_t filter_next;         /* next request filter to run (global then route's) */
+    struct exchange_hold *hold; /* pause deadline and body-hook counts; NULL until needed */
+    uint8_t pause;              /* enum pause_state of exchange.c */
+    bool body_watched;          /* some filter of the pipeline has a body hook */
     bool head_sent;
     bool finished;
     bool response_ready; /* x->status/resp_headers set by the gateway, body in gw_body */
@@ -262,6 +255,12 @@ void exchange_resume(struct exchange *x, enum filter_verdict verdict);
  * route, or a respond/redirect route). Always > 0.
  */
 int exchange_pause_timeout_ms(const struct exchange *x);
+
+/*
+ * Decoded request body bytes shown to the body hooks so far (the `fresh`
+ * bytes of the current call included); 0 when no filter has a body hook.
+ */
+uint64_t exchange_body_seen(const struct exchange *x);
 
 /*
  * The client socket from which the proxy may splice the rest of the request

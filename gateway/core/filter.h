@@ -91,7 +91,7 @@ struct filter_type {
                                       void *state);
     /*
      * `fresh` more bytes of decoded request body arrived: they are the last
-     * `fresh` bytes of x->req_body; x->req_body_seen counts all so far and
+     * `fresh` bytes of x->req_body; exchange_body_seen(x) counts all so far and
      * x->req_body_done says whether this is the end (then `fresh` may be 0).
      * The hook must not drain or add to x->req_body.
      */

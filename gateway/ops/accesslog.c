@@ -195,10 +195,15 @@ static size_t format_json(const struct ops_record *r, const struct tm *tm, long 
     return json_writer_length(&w, buf);
 }
 
+bool accesslog_enabled(const struct access_log_config *cfg)
+{
+    return !cfg->off && running && cfg->path;
+}
+
 void accesslog_write(const struct ops_record *r)
 {
     const struct access_log_config *cfg = r->log;
-    if (cfg->off || !running || !cfg->path)
+    if (!accesslog_enabled(cfg))
         return;
     char buf[8192];
     struct timespec now;

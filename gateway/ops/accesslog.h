@@ -11,8 +11,10 @@
 #ifndef SLUICE_ACCESSLOG_H
 #define SLUICE_ACCESSLOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
+struct access_log_config;
 struct ops_record;
 
 /* Starts the writer thread. Returns 0 or -1. */
@@ -20,6 +22,9 @@ int accesslog_start(void);
 
 /* Flushes what is queued and stops the writer thread. */
 void accesslog_stop(void);
+
+/* True when a line for an exchange under `cfg` would be written (the log is on and running). */
+bool accesslog_enabled(const struct access_log_config *cfg);
 
 /*
  * Formats and queues the line for the finished exchange `r` per r->log

@@ -4,7 +4,9 @@
  * (which calls into ops/).
  *
  * The exchange fills one on its stack when it ends and passes it to
- * accesslog_write() and metrics_exchange_done(). Nothing is copied or
+ * accesslog_write() (all fields, only when accesslog_enabled()) and
+ * metrics_exchange_done() (which reads only status, start_us, end_us and
+ * route, the fields always filled). Nothing is copied or
  * allocated: the slices and strings point into the exchange's arena, the
  * connection or the snapshot, and are valid only during those calls.
  *

@@ -3,49 +3,6 @@
 /* At most this many field names listed in Connection are honoured; more is abuse. */
 #define MAX_CONNECTION_TOKENS 32
 
-/*
- * The fixed names, by length first: almost every field fails on the length
- * without a compare. `h2` marks the connection-specific ones of RFC 9113
- * 8.2.2 (Trailer is end-to-end on HTTP/2; TE is decided by its value).
- */
-static bool fixed_name(struct slice n, bool keep_upgrade, bool *h2)
-{
-    *h2 = true;
-    switch (n.len) {
-    case 2:
-        return slice_ieq(n, SLICE_LIT("TE"));
-    case 7:
-        if (slice_ieq(n, SLICE_LIT("Upgrade")))
-            return !keep_upgrade;
-        *h2 = false;
-        return slice_ieq(n, SLICE_LIT("Trailer"));
-    case 10:
-        return slice_ieq(n, SLICE_LIT("Connection")) || slice_ieq(n, SLICE_LIT("Keep-Alive"));
-    case 16:
-        return slice_ieq(n, SLICE_LIT("Proxy-Connection"));
-    case 17:
-        return slice_ieq(n, SLICE_LIT("Transfer-Encoding"));
-    default:
-        return false;
-    }
-}
-
-bool fields_hop_by_hop(struct slice name, bool keep_upgrade)
-{
-    bool h2;
-    return fixed_name(name, keep_upgrade, &h2);
-}
-
-bool fields_h2_connection_specific(struct slice name, struct slice value, bool request)
-{
-    bool h2;
-    if (!fixed_name(name, false, &h2) || !h2)
-        return false;
-    if (request && name.len == 2) /* TE */
-        return !slice_ieq(value, SLICE_LIT("trailers"));
-    return true;
-}
-
 void fields_remove_hop_by_hop(struct header_list *l, bool keep_upgrade)
 {
     const struct slice connection = SLICE_LIT("Connection");

@@ -180,8 +180,8 @@ static enum filter_verdict t_body(const void *instance, void *context, struct ex
     char s[48];
     snprintf(s, sizeof s, "body(%zu%s)", fresh, x->req_body_done ? ",end" : "");
     note(s);
-    body_seen = (size_t)x->req_body_seen;
-    if (b->mode == MODE_BODY_LIMIT && x->req_body_seen > 10) {
+    body_seen = (size_t)exchange_body_seen(x);
+    if (b->mode == MODE_BODY_LIMIT && exchange_body_seen(x) > 10) {
         exchange_respond_error(x, 413, NULL);
         return FILTER_RESPOND;
     }
