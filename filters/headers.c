@@ -188,9 +188,10 @@ static void free_ops(struct op_list *l)
     l->count = 0;
 }
 
-static void headers_destroy(void *instance)
+/* Instances are const while shared; destroy owns the last reference, so it may free. */
+static void headers_destroy(const void *instance)
 {
-    struct headers_filter *f = instance;
+    struct headers_filter *f = (struct headers_filter *)instance;
     if (!f)
         return;
     struct header_changes *dirs[] = {&f->request, &f->response};
@@ -333,7 +334,7 @@ static int parse_changes(struct header_changes *c, const json_t *obj, struct con
     return rc;
 }
 
-static void *headers_create(const json_t *options, struct config_error *err)
+static const void *headers_create(const json_t *options, struct config_error *err)
 {
     static const char *const keys[] = {"type", "request", "response", NULL};
     struct headers_filter *f = calloc(1, sizeof(*f));
@@ -370,14 +371,16 @@ static void apply(const struct header_changes *c, struct exchange *x, struct hea
     }
 }
 
-static enum filter_verdict headers_on_request(void *instance, struct exchange *x, void *state)
+static enum filter_verdict headers_on_request(const void *instance, void *context,
+                                              struct exchange *x, void *state)
 {
     const struct headers_filter *f = instance;
     apply(&f->request, x, &x->req_headers);
     return FILTER_CONTINUE;
 }
 
-static void headers_on_response(void *instance, struct exchange *x, void *state)
+static void headers_on_response(const void *instance, void *context, struct exchange *x,
+                                void *state)
 {
     const struct headers_filter *f = instance;
     apply(&f->response, x, &x->resp_headers);

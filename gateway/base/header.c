@@ -101,115 +101,16 @@ size_t header_remove(struct header_list *l, struct slice name)
     return removed;
 }
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-/*
- * Returns the next element of the comma-separated list in *v (RFC 9110 5.6.1)
- * with its surrounding whitespace trimmed, and advances *v past it. Empty
- * elements are returned as empty slices; returns false at the end.
- */
-static bool next_element(struct slice *v, struct slice *elem)
-{
-    if (v->len == 0 || !v->base)
-        return false;
-    const char *p = v->base;
-    const char *end = v->base + v->len;
-    const char *comma = memchr(p, ',', v->len);
-    const char *stop = comma ? comma : end;
-    const char *s = p, *e = stop;
-    while (s < e && is_ows(*s))
-        s++;
-    while (e > s && is_ows(e[-1]))
-        e--;
-    *elem = slice_make(s, (size_t)(e - s));
-    if (comma) {
-        v->base = comma + 1;
-        v->len = (size_t)(end - comma - 1);
-        /* A trailing comma leaves one empty element, which is fine. */
-        if (v->len == 0)
-            v->base = end;
-    } else {
-        v->base = end;
-        v->len = 0;
-    }
-    return true;
-}
-
 bool header_has_token(const struct header_list *l, struct slice name, struct slice token)
 {
     for (size_t i = 0; i < l->count; i++) {
         if (!slice_ieq(l->items[i].name, name))
             continue;
         struct slice v = l->items[i].value, e;
-        while (next_element(&v, &e)) {
+        while (header_next_element(&v, &e)) {
             if (slice_ieq(e, token))
                 return true;
         }
     }
     return false;
-}
-
-/* True for the fixed hop-by-hop names of RFC 9110 7.6.1 (not counting Upgrade). */
-static bool fixed_hop_by_hop(struct slice n)
-{
-    /* Dispatch on length first: almost every field fails here without a compare. */
-    switch (n.len) {
-    case 2:
-        return slice_ieq(n, SLICE_LIT("TE"));
-    case 7:
-        return slice_ieq(n, SLICE_LIT("Trailer"));
-    case 10:
-        return slice_ieq(n, SLICE_LIT("Connection")) || slice_ieq(n, SLICE_LIT("Keep-Alive"));
-    case 16:
-        return slice_ieq(n, SLICE_LIT("Proxy-Connection"));
-    case 17:
-        return slice_ieq(n, SLICE_LIT("Transfer-Encoding"));
-    default:
-        return false;
-    }
-}
-
-/* At most this many field names listed in Connection are honoured; more is abuse. */
-#define MAX_CONNECTION_TOKENS 32
-
-void header_remove_hop_by_hop(struct header_list *l, bool keep_upgrade)
-{
-    const struct slice connection = SLICE_LIT("Connection");
-    const struct slice upgrade = SLICE_LIT("Upgrade");
-
-    /*
-     * RFC 9110 7.6.1: every field named in Connection is hop-by-hop too.
-     * The tokens point into the values' bytes, which the compaction below
-     * moves as slices but never touches, so they stay valid.
-     */
-    struct slice named[MAX_CONNECTION_TOKENS];
-    size_t num_named = 0;
-    for (size_t i = 0; i < l->count; i++) {
-        if (!slice_ieq(l->items[i].name, connection))
-            continue;
-        struct slice v = l->items[i].value, e;
-        while (next_element(&v, &e) && num_named < MAX_CONNECTION_TOKENS) {
-            if (e.len == 0 || slice_ieq(e, connection))
-                continue;
-            if (keep_upgrade && slice_ieq(e, upgrade))
-                continue;
-            named[num_named++] = e;
-        }
-    }
-    /* One pass: keep what is end-to-end. */
-    size_t out = 0;
-    for (size_t i = 0; i < l->count; i++) {
-        struct slice n = l->items[i].name;
-        bool drop = fixed_hop_by_hop(n) || (!keep_upgrade && slice_ieq(n, upgrade));
-        for (size_t k = 0; !drop && k < num_named; k++)
-            drop = slice_ieq(n, named[k]);
-        if (!drop)
-            l->items[out++] = l->items[i];
-    }
-    l->count = out;
-    if (keep_upgrade)
-        header_add(l, connection, SLICE_LIT("upgrade"));
 }

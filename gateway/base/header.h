@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "base/slice.h"
 
@@ -62,12 +63,44 @@ size_t header_remove(struct header_list *l, struct slice name);
  */
 bool header_has_token(const struct header_list *l, struct slice name, struct slice token);
 
+/* RFC 9110 5.6.3 optional whitespace: space or horizontal tab. */
+static inline bool header_is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
 /*
- * Removes the hop-by-hop fields of RFC 9110 7.6.1: Connection and every field
- * it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding and
- * Upgrade. With `keep_upgrade` (a WebSocket upgrade being forwarded), Upgrade
- * is kept and Connection is reduced to "upgrade".
+ * Takes the next element of a comma-separated list value (RFC 9110 5.6.1)
+ * from the front of `v` into `elem`, without the optional whitespace around
+ * it, and advances `v` past it; empty elements are returned as empty slices.
+ * Returns false at the end. `elem` points into `v`'s bytes. Inline: it runs
+ * for every Connection field of every request.
  */
-void header_remove_hop_by_hop(struct header_list *l, bool keep_upgrade);
+static inline bool header_next_element(struct slice *v, struct slice *elem)
+{
+    if (v->len == 0 || !v->base)
+        return false;
+    const char *p = v->base;
+    const char *end = v->base + v->len;
+    const char *comma = memchr(p, ',', v->len);
+    const char *stop = comma ? comma : end;
+    const char *s = p, *e = stop;
+    while (s < e && header_is_ows(*s))
+        s++;
+    while (e > s && header_is_ows(e[-1]))
+        e--;
+    *elem = slice_make(s, (size_t)(e - s));
+    if (comma) {
+        v->base = comma + 1;
+        v->len = (size_t)(end - comma - 1);
+        /* A trailing comma leaves one empty element, which is fine. */
+        if (v->len == 0)
+            v->base = end;
+    } else {
+        v->base = end;
+        v->len = 0;
+    }
+    return true;
+}
 
 #endif

@@ -118,7 +118,7 @@ enum route_action {
 /* A filter entry compiled by its type's create(). */
 struct filter_instance {
     const struct filter_type *type;
-    void *instance;
+    const void *instance;
 };
 
 struct route_config {

@@ -52,7 +52,7 @@ void config_build_filters(struct config_error *err, const json_t *v, struct filt
                 char saved[sizeof err->path];
                 memcpy(saved, err->path, sizeof saved);
                 size_t before = err->count;
-                void *instance = type->create(f, err);
+                const void *instance = type->create(f, err);
                 memcpy(err->path, saved, sizeof saved);
                 if (instance) {
                     (*out)[*count].type = type;

@@ -1,5 +1,7 @@
 #include "core/exchange.h"
 
+#include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -7,13 +9,17 @@
 #include <event2/buffer.h>
 
 #include "base/clock.h"
+#include "base/deadline.h"
+#include "base/json_writer.h"
 #include "base/log.h"
 #include "ops/accesslog.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "ops/metrics.h"
+#include "ops/record.h"
 #include "core/proxy.h"
 #include "core/worker.h"
+#include "proto/status.h"
 
 /* Room for a typical request's arena: the head copy, header lists, filter state. */
 #define EXCHANGE_ARENA_SIZE 4096
@@ -98,63 +104,6 @@ struct slice exchange_var(const struct exchange *x, enum exchange_var v)
 
 /* ---- gateway responses -------------------------------------------------- */
 
-struct status_text {
-    int status;
-    const char *code;
-    const char *message;
-};
-
-static const struct status_text status_texts[] = {
-    {400, "bad_request", "the request is malformed"},
-    {401, "unauthorized", "authentication is required"},
-    {403, "forbidden", "access to this resource is forbidden"},
-    {404, "not_found", "no route matches this request"},
-    {408, "request_timeout", "the request was not received in time"},
-    {413, "payload_too_large", "the request body is too large"},
-    {417, "expectation_failed", "the expectation cannot be met"},
-    {429, "too_many_requests", "too many requests"},
-    {431, "request_header_fields_too_large", "the request head is too large"},
-    {501, "not_implemented", "this transfer coding is not implemented"},
-    {500, "internal_error", "internal error"},
-    {502, "bad_gateway", "the upstream failed"},
-    {503, "service_unavailable", "no healthy upstream target"},
-    {504, "gateway_timeout", "the upstream did not answer in time"},
-};
-
-static const struct status_text *status_text(int status)
-{
-    for (size_t i = 0; i < sizeof status_texts / sizeof *status_texts; i++)
-        if (status_texts[i].status == status)
-            return &status_texts[i];
-    return NULL;
-}
-
-const char *exchange_error_code(int status)
-{
-    const struct status_text *t = status_text(status);
-    return t ? t->code : "error";
-}
-
-static const char *reason_phrase(int status);
-
-/* Appends `s` to `out` as the inside of a JSON string. */
-static void json_escape(struct evbuffer *out, struct slice s)
-{
-    size_t start = 0;
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char c = (unsigned char)s.base[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        evbuffer_add(out, s.base + start, i - start);
-        if (c == '"' || c == '\\')
-            evbuffer_add_printf(out, "\\%c", c);
-        else
-            evbuffer_add_printf(out, "\\u%04x", c);
-        start = i + 1;
-    }
-    evbuffer_add(out, s.base + start, s.len - start);
-}
-
 static struct evbuffer *gateway_body(struct exchange *x)
 {
     if (!x->gw_body) {
@@ -197,22 +146,27 @@ void exchange_respond_error(struct exchange *x, int status, const char *message)
 {
     if (!x->request_id.len)
         assign_request_id(x); /* an error found before the exchange started */
-    const struct status_text *t = status_text(status);
     if (!message)
-        message = t ? t->message : reason_phrase(status);
+        message = status_message(status);
     x->status = status;
-    x->error = t ? t->code : "error";
+    x->error = status_error_code(status);
     x->gateway_response = true;
     x->response_ready = true;
     /* An error replaces whatever head was being prepared. */
     x->resp_headers.count = 0;
     header_set(&x->resp_headers, SLICE_LIT("Content-Type"), SLICE_LIT("application/json"));
     struct evbuffer *b = gateway_body(x);
-    evbuffer_add_printf(b, "{\"status\": %d, \"error\": \"%s\", \"message\": \"", status, x->error);
-    json_escape(b, slice_cstr(message));
-    evbuffer_add(b, "\", \"request_id\": \"", 18);
-    json_escape(b, x->request_id);
-    evbuffer_add(b, "\"}\n", 3);
+    struct json_writer w;
+    json_writer_init_evbuffer(&w, b);
+    json_writer_raw_cstr(&w, "{\"status\": ");
+    json_writer_int(&w, status);
+    json_writer_raw_cstr(&w, ", \"error\": ");
+    json_writer_string(&w, slice_cstr(x->error));
+    json_writer_raw_cstr(&w, ", \"message\": ");
+    json_writer_string(&w, slice_cstr(message));
+    json_writer_raw_cstr(&w, ", \"request_id\": ");
+    json_writer_string(&w, x->request_id);
+    json_writer_raw(&w, "}\n", 2);
     set_content_length(x, evbuffer_get_length(b));
 }
 
@@ -284,7 +238,90 @@ void *exchange_filter_state(struct exchange *x, size_t i)
     return x->filter_state ? x->filter_state[i] : NULL;
 }
 
+/*
+ * Where a pause stands. IN_FILTER: on_request is running, so a resume now
+ * must wait for it to return. WAITING: on_request returned FILTER_PAUSE and
+ * pause_timer holds the deadline. RESUMED: the resume came before on_request
+ * returned; pause_timer is deferred to the loop's next turn.
+ */
+enum pause_state {
+    PAUSE_NONE = 0,
+    PAUSE_IN_FILTER,
+    PAUSE_WAITING,
+    PAUSE_RESUMED,
+};
+
+/*
+ * What only exchanges that pause or whose body is watched need, from the
+ * arena on first need, so the common exchange stays small (its arena's
+ * first block holds a whole small request).
+ */
+struct exchange_hold {
+    struct deadline timer; /* the pause deadline, or the deferred resume */
+    struct exchange *x;
+    enum filter_verdict resume_verdict; /* given to exchange_resume() before on_request returned */
+    bool body_end_seen;                 /* the body hooks were told the body is complete */
+    uint64_t body_seen;                 /* body bytes shown to the hooks */
+    uint64_t body_added;                /* body bytes the codec appended to x->req_body */
+    struct evbuffer_cb_entry *body_cb;  /* counts body_added; NULL when not watched */
+};
+
 static void after_request_filters(struct exchange *x);
+static void on_pause_timer(struct deadline *d);
+
+/* Runs before the pooled req_body goes back (cleanups run newest first). */
+static void on_arena_release_hold(void *arg)
+{
+    struct exchange_hold *h = arg;
+    /* The client may leave while paused: the timer must die with the arena. */
+    deadline_cancel(&h->timer);
+    if (h->body_cb)
+        evbuffer_remove_cb_entry(h->x->req_body, h->body_cb);
+}
+
+static struct exchange_hold *hold_get(struct exchange *x)
+{
+    if (x->hold)
+        return x->hold;
+    struct exchange_hold *h = arena_calloc(x->arena, sizeof *h);
+    deadline_init(&h->timer, on_pause_timer);
+    h->x = x;
+    arena_cleanup_add(x->arena, on_arena_release_hold, h);
+    x->hold = h;
+    return h;
+}
+
+/* Arms the pause deadline, or defers a resume that came early to the loop. */
+static void pause_begin(struct exchange *x, bool resumed)
+{
+    struct exchange_hold *h = hold_get(x);
+    if (resumed) {
+        x->pause = PAUSE_RESUMED;
+        deadline_defer(x->worker->deadlines, &h->timer);
+        return;
+    }
+    x->pause = PAUSE_WAITING;
+    deadline_arm(x->worker->deadlines, &h->timer, exchange_pause_timeout_ms(x));
+}
+
+int exchange_pause_timeout_ms(const struct exchange *x)
+{
+    const struct route_config *r = x->route;
+    if (r && r->timeout_ms > 0)
+        return r->timeout_ms;
+    if (r && r->action == ROUTE_UPSTREAM && r->upstream && r->upstream->timeout_ms > 0)
+        return r->upstream->timeout_ms;
+    int body = x->snapshot->limits.body_timeout_ms;
+    return body > 0 ? body : 30000;
+}
+
+/* A filter answered (RESPOND): send its response, or a 500 if it forgot to set one. */
+static void reply_filter_response(struct exchange *x)
+{
+    if (!x->response_ready)
+        exchange_respond_error(x, 500, "a filter failed to respond");
+    exchange_reply(x);
+}
 
 /* Runs request filters from x->filter_next on. Returns when done or paused. */
 static void run_request_filters(struct exchange *x)
@@ -295,32 +332,70 @@ static void run_request_filters(struct exchange *x)
         const struct filter_instance *f = pipeline_filter(x, i);
         if (!f->type->on_request)
             continue;
-        enum filter_verdict v =
-            f->type->on_request(f->instance, x, x->filter_state ? x->filter_state[i] : NULL);
+        x->pause = PAUSE_IN_FILTER;
+        enum filter_verdict v = f->type->on_request(
+            f->instance, filter_context(x->view->filter_contexts, x->snapshot, x->route, i), x,
+            x->filter_state ? x->filter_state[i] : NULL);
+        bool resumed = x->pause == PAUSE_RESUMED;
+        x->pause = PAUSE_NONE;
         if (v == FILTER_PAUSE) {
-            x->paused = true;
+            pause_begin(x, resumed);
             return;
         }
+        /* exchange_resume() without FILTER_PAUSE breaks the contract. */
+        assert(!resumed);
         if (v == FILTER_RESPOND) {
-            if (!x->response_ready)
-                exchange_respond_error(x, 500, "a filter failed to respond");
-            exchange_reply(x);
+            reply_filter_response(x);
             return;
         }
     }
     after_request_filters(x);
 }
 
-void exchange_resume(struct exchange *x, enum filter_verdict verdict)
+static void continue_after_pause(struct exchange *x, enum filter_verdict verdict)
 {
-    x->paused = false;
     if (verdict == FILTER_RESPOND) {
-        if (!x->response_ready)
-            exchange_respond_error(x, 500, "a filter failed to respond");
-        exchange_reply(x);
+        reply_filter_response(x);
         return;
     }
     run_request_filters(x);
+}
+
+static void on_pause_timer(struct deadline *d)
+{
+    struct exchange_hold *h =
+        (struct exchange_hold *)((char *)d - offsetof(struct exchange_hold, timer));
+    struct exchange *x = h->x;
+    if (x->pause == PAUSE_RESUMED) {
+        x->pause = PAUSE_NONE;
+        continue_after_pause(x, h->resume_verdict);
+        return;
+    }
+    /*
+     * The filter never answered. Its operation is still pending: the arena
+     * cleanup it registered before pausing cancels it when the reply frees
+     * the exchange.
+     */
+    x->pause = PAUSE_NONE;
+    exchange_respond_error(x, 504, "a filter did not answer in time");
+    exchange_reply(x);
+}
+
+void exchange_resume(struct exchange *x, enum filter_verdict verdict)
+{
+    assert(x->pause == PAUSE_IN_FILTER || x->pause == PAUSE_WAITING);
+    assert(verdict == FILTER_CONTINUE || verdict == FILTER_RESPOND);
+    if (x->pause == PAUSE_IN_FILTER) {
+        /* Not re-entrantly: run_request_filters defers once on_request returns. */
+        hold_get(x)->resume_verdict = verdict;
+        x->pause = PAUSE_RESUMED;
+        return;
+    }
+    if (x->pause != PAUSE_WAITING)
+        return;
+    deadline_cancel(&x->hold->timer);
+    x->pause = PAUSE_NONE;
+    continue_after_pause(x, verdict);
 }
 
 static void run_response_filters(struct exchange *x)
@@ -329,8 +404,83 @@ static void run_response_filters(struct exchange *x)
     for (size_t i = x->filter_next; i-- > 0;) {
         const struct filter_instance *f = pipeline_filter(x, i);
         if (f && f->type->on_response)
-            f->type->on_response(f->instance, x, x->filter_state ? x->filter_state[i] : NULL);
+            f->type->on_response(f->instance,
+                                 filter_context(x->view->filter_contexts, x->snapshot, x->route, i),
+                                 x, x->filter_state ? x->filter_state[i] : NULL);
     }
+}
+
+/* ---- request body hooks ---------------------------------------------------- */
+
+static void on_body_added(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct exchange_hold *h = arg;
+    h->body_added += info->n_added;
+}
+
+/* Counts the body bytes the codec appends from now on, for the body hooks. */
+static void watch_body(struct exchange *x)
+{
+    struct exchange_hold *h = hold_get(x);
+    x->body_watched = true;
+    h->body_added = evbuffer_get_length(x->req_body); /* nothing was drained yet */
+    h->body_cb = evbuffer_add_cb(x->req_body, on_body_added, h);
+    if (!h->body_cb) {
+        fprintf(stderr, "sluice: out of memory\n");
+        abort();
+    }
+}
+
+uint64_t exchange_body_seen(const struct exchange *x)
+{
+    return x->hold ? x->hold->body_seen : 0;
+}
+
+/*
+ * Shows the body bytes that arrived since the last call to every body hook.
+ * Returns FILTER_RESPOND when one answered (the response is set).
+ */
+static enum filter_verdict run_body_hooks(struct exchange *x)
+{
+    struct exchange_hold *h = x->hold;
+    size_t fresh = (size_t)(h->body_added - h->body_seen);
+    bool end = x->req_body_done && !h->body_end_seen;
+    if (fresh == 0 && !end)
+        return FILTER_CONTINUE;
+    h->body_seen += fresh;
+    h->body_end_seen = x->req_body_done;
+    size_t n = pipeline_length(x);
+    for (size_t i = 0; i < n; i++) {
+        const struct filter_instance *f = pipeline_filter(x, i);
+        if (!f->type->on_request_body)
+            continue;
+        enum filter_verdict v = f->type->on_request_body(
+            f->instance, filter_context(x->view->filter_contexts, x->snapshot, x->route, i), x,
+            x->filter_state ? x->filter_state[i] : NULL, fresh);
+        if (v == FILTER_CONTINUE)
+            continue;
+        if (v == FILTER_PAUSE || !x->response_ready)
+            exchange_respond_error(x, 500, "a filter failed to respond");
+        return FILTER_RESPOND;
+    }
+    return FILTER_CONTINUE;
+}
+
+/* A body hook answered: the response replaces the upstream's, or cuts it if already started. */
+static void reply_body_response(struct exchange *x)
+{
+    if (x->head_sent) {
+        exchange_abort(x);
+        return;
+    }
+    exchange_reply(x);
+}
+
+int exchange_body_splice_fd(struct exchange *x, uint64_t *left)
+{
+    if (x->body_watched || !x->client->ops->body_splice_fd)
+        return -1;
+    return x->client->ops->body_splice_fd(x, left);
 }
 
 static void allocate_filter_state(struct exchange *x)
@@ -339,11 +489,15 @@ static void allocate_filter_state(struct exchange *x)
     if (n == 0)
         return;
     x->filter_state = arena_calloc(x->arena, n * sizeof *x->filter_state);
+    bool body_hooks = false;
     for (size_t i = 0; i < n; i++) {
         const struct filter_instance *f = pipeline_filter(x, i);
         if (f->type->state_size)
             x->filter_state[i] = arena_calloc(x->arena, f->type->state_size);
+        body_hooks |= f->type->on_request_body != NULL;
     }
+    if (body_hooks)
+        watch_body(x);
 }
 
 /* ---- starting a request --------------------------------------------------- */
@@ -442,6 +596,11 @@ static void after_request_filters(struct exchange *x)
         return;
     }
     case ROUTE_UPSTREAM:
+        /* The body that came while the filters ran passes the body hooks first. */
+        if (x->body_watched && run_body_hooks(x) == FILTER_RESPOND) {
+            reply_body_response(x);
+            return;
+        }
         if (x->expect_continue && x->req_has_body && !x->req_body_done &&
             x->client->ops->send_continue)
             x->client->ops->send_continue(x);
@@ -450,11 +609,66 @@ static void after_request_filters(struct exchange *x)
     }
 }
 
+/* ---- accounting ----------------------------------------------------------- */
+
+static const char *protocol_name(enum exchange_protocol p)
+{
+    switch (p) {
+    case XPROTO_HTTP10:
+        return "HTTP/1.0";
+    case XPROTO_HTTP11:
+        return "HTTP/1.1";
+    case XPROTO_HTTP2:
+        return "HTTP/2";
+    }
+    return "HTTP/1.1";
+}
+
+/*
+ * Hands the finished exchange to the access log and the metrics as a plain
+ * record (ops/record.h). The metrics read only the status, the times and
+ * the route; the rest is filled only when a line will be written.
+ */
+static void account(const struct exchange *x)
+{
+    struct ops_record r;
+    r.status = x->status;
+    r.start_us = x->start_us;
+    r.end_us = clock_mono_us();
+    r.route = x->route ? x->route->name : NULL;
+    if (accesslog_enabled(&x->snapshot->access_log)) {
+        r.log = &x->snapshot->access_log;
+        r.req_headers = &x->req_headers;
+        r.remote_addr = x->remote_addr;
+        r.protocol = protocol_name(x->protocol);
+        r.request_id = x->request_id;
+        r.method = x->method;
+        r.target = x->target;
+        r.host = x->host;
+        r.path = x->path;
+        r.consumer = x->consumer;
+        r.client_subject = x->client_subject;
+        r.bytes_in = x->bytes_in;
+        r.bytes_out = x->bytes_out;
+        r.upstream_start_us = x->upstream_start_us;
+        r.upstream_head_us = x->upstream_head_us;
+        r.upstream_name = x->upstream_name;
+        r.upstream_target = x->upstream_target;
+        r.error = x->error;
+        accesslog_write(&r);
+    }
+    metrics_exchange_done(&r);
+}
+
 /* ---- request body, drain, abort -------------------------------------------- */
 
 void exchange_on_request_body(struct exchange *x)
 {
     if (x->proxy) {
+        if (x->body_watched && run_body_hooks(x) == FILTER_RESPOND) {
+            reply_body_response(x);
+            return;
+        }
         proxy_on_request_body(x);
         return;
     }
@@ -478,8 +692,7 @@ void exchange_on_client_abort(struct exchange *x)
     x->finished = true;
     if (!x->status)
         x->status = 499; /* logged only: the client closed before the response */
-    accesslog_write(x);
-    metrics_exchange_done(x);
+    account(x);
     exchange_free(x);
 }
 
@@ -508,8 +721,7 @@ void exchange_end(struct exchange *x)
 {
     x->finished = true;
     x->client->ops->send_end(x);
-    accesslog_write(x);
-    metrics_exchange_done(x);
+    account(x);
     exchange_free(x);
 }
 
@@ -517,8 +729,7 @@ void exchange_abort(struct exchange *x)
 {
     x->finished = true;
     x->client->ops->abort(x);
-    accesslog_write(x);
-    metrics_exchange_done(x);
+    account(x);
     exchange_free(x);
 }
 
@@ -528,16 +739,4 @@ void exchange_reply(struct exchange *x)
     if (x->gw_body && evbuffer_get_length(x->gw_body) && !x->resp_no_body)
         exchange_send_body(x, x->gw_body);
     exchange_end(x);
-}
-
-static const char *reason_phrase(int status)
-{
-    switch (status) {
-    case 200:
-        return "OK";
-    case 500:
-        return "internal error";
-    default:
-        return "error";
-    }
 }

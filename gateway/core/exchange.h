@@ -15,6 +15,13 @@
  * response, an error) or hands over to the proxy. The response head passes
  * through the response filters (reverse order) before the codec sends it.
  *
+ * Filters (core/filter.h, docs/internals/filters.md): request filters run
+ * in order; one may pause, and exchange_resume() continues the pipeline (from
+ * the loop when called before on_request returned). A pause has a deadline
+ * (exchange_pause_timeout_ms): when it passes the exchange answers 504
+ * gateway_timeout. Body hooks see the decoded request body before the
+ * upstream gets it.
+ *
  * Thread: the worker's thread. Filters may call exchange_respond_*() from
  * on_request, and exchange_resume() once after FILTER_PAUSE.
  */
@@ -31,8 +38,10 @@
 #include "base/header.h"
 #include "core/router.h"
 #include "base/slice.h"
+#include "proto/fields.h" /* transitional: core/proxy.c and upstream/http1_client.c get header_remove_hop_by_hop */
 
 struct evbuffer;
+struct exchange_hold;
 struct exchange;
 struct proxy;
 struct snapshot;
@@ -153,8 +162,10 @@ struct exchange {
 
     /* Pipeline state, private to exchange.c. */
     void **filter_state;
-    size_t filter_next; /* next request filter to run (global then route's) */
-    bool paused;
+    size_t filter_next;         /* next request filter to run (global then route's) */
+    struct exchange_hold *hold; /* pause deadline and body-hook counts; NULL until needed */
+    uint8_t pause;              /* enum pause_state of exchange.c */
+    bool body_watched;          /* some filter of the pipeline has a body hook */
     bool head_sent;
     bool finished;
     bool response_ready; /* x->status/resp_headers set by the gateway, body in gw_body */
@@ -224,9 +235,39 @@ void exchange_respond(struct exchange *x, int status, struct slice content_type,
 
 /*
  * Continues a paused pipeline (a filter returned FILTER_PAUSE). `verdict` is
- * what the filter's on_request would have returned. Call exactly once.
+ * what the filter's on_request would have returned (CONTINUE or RESPOND).
+ * Call exactly once per pause. When called from a loop callback, the
+ * pipeline continues at once and may finish and free `x` before this
+ * returns. When called before the filter's on_request has returned (the
+ * operation completed synchronously), nothing runs now: the pipeline
+ * continues from the loop's next turn, after on_request returned
+ * FILTER_PAUSE. Resuming an exchange that is not paused (twice, after a
+ * CONTINUE, after the deadline) is a bug: an assertion in debug builds,
+ * ignored otherwise. The caller must not touch `x` afterwards.
  */
 void exchange_resume(struct exchange *x, enum filter_verdict verdict);
+
+/*
+ * How long a filter may keep the exchange paused before the gateway answers
+ * 504 gateway_timeout ("a filter did not answer in time"): the route's
+ * timeout_ms, else the timeout_ms of its upstream (how long the client is
+ * already prepared to wait for an answer), else limits.body_timeout_ms (no
+ * route, or a respond/redirect route). Always > 0.
+ */
+int exchange_pause_timeout_ms(const struct exchange *x);
+
+/*
+ * Decoded request body bytes shown to the body hooks so far (the `fresh`
+ * bytes of the current call included); 0 when no filter has a body hook.
+ */
+uint64_t exchange_body_seen(const struct exchange *x);
+
+/*
+ * The client socket from which the proxy may splice the rest of the request
+ * body (the codec's body_splice_fd), or -1: the codec cannot, or a filter's
+ * body hook must see every byte. The proxy calls this, not the codec's op.
+ */
+int exchange_body_splice_fd(struct exchange *x, uint64_t *left);
 
 /* The state of the filter at position `i` of the running pipeline (tests). */
 void *exchange_filter_state(struct exchange *x, size_t i);
@@ -236,8 +277,5 @@ int exchange_var_lookup(struct slice name);
 
 /* The current value of a variable; the empty slice when unset (e.g. no consumer). */
 struct slice exchange_var(const struct exchange *x, enum exchange_var v);
-
-/* The JSON error code of SPEC 7 for a gateway status, e.g. 502 -> "bad_gateway". */
-const char *exchange_error_code(int status);
 
 #endif

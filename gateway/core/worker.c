@@ -16,6 +16,7 @@
 #include "net/conn.h"
 #include "base/deadline.h"
 #include "net/listener.h"
+#include "core/filter.h"
 #include "core/proxy.h"
 #include "base/log.h"
 #include "upstream/upstream.h"
@@ -52,11 +53,13 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
     }
     for (size_t i = 0; i < s->num_upstreams; i++)
         ws->upstreams[i] = upstream_rt_new(&s->upstreams[i], w->base, w->dns, w->run_health_checks);
+    ws->filter_contexts = filter_contexts_new(s, w);
     return ws;
 }
 
 static void view_free(struct worker_snapshot *ws)
 {
+    filter_contexts_free(ws->filter_contexts, ws->snapshot);
     for (size_t i = 0; i < ws->snapshot->num_upstreams; i++)
         upstream_rt_free(ws->upstreams[i]);
     free(ws->upstreams);

@@ -31,6 +31,7 @@ struct evdns_base;
 struct snapshot;
 struct upstream_rt;
 struct deadlines;
+struct filter_contexts;
 
 /*
  * A worker's view of one snapshot: the snapshot plus the run-time state of
@@ -40,6 +41,8 @@ struct deadlines;
 struct worker_snapshot {
     struct snapshot *snapshot;
     struct upstream_rt **upstreams; /* indexed like snapshot->upstreams */
+    /* Per-worker filter contexts (core/filter.h); NULL when no filter needs one. */
+    struct filter_contexts *filter_contexts;
     unsigned refs;
     struct worker *worker;
     struct worker_snapshot *next; /* older views still in use */

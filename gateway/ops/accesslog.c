@@ -12,9 +12,10 @@
 #include <unistd.h>
 
 #include "base/clock.h"
-#include "conf/config.h"
-#include "core/exchange.h"
+#include "base/json_writer.h"
 #include "base/log.h"
+#include "conf/config.h"
+#include "ops/record.h"
 
 /* Queued bytes past which new lines are dropped (a stalled disk must not eat memory). */
 #define QUEUE_MAX (8u << 20)
@@ -113,154 +114,105 @@ void accesslog_stop(void)
     running = false;
 }
 
-/* Appends `s` as a JSON string body (no quotes). */
-static void put_json(char **p, char *end, struct slice s)
+/* Appends ,"name":"value" (the name is trusted syntax). */
+static void put_string(struct json_writer *w, const char *name, struct slice value)
 {
-    for (size_t i = 0; i < s.len && *p < end - 7; i++) {
-        unsigned char c = (unsigned char)s.base[i];
-        if (c == '"' || c == '\\') {
-            *(*p)++ = '\\';
-            *(*p)++ = (char)c;
-        } else if (c < 0x20 || c == 0x7f) {
-            *p += snprintf(*p, 7, "\\u%04x", c);
-        } else {
-            *(*p)++ = (char)c;
-        }
+    json_writer_raw_cstr(w, name);
+    json_writer_string(w, value);
+}
+
+/* Appends ,"name":number. */
+static void put_number(struct json_writer *w, const char *name, long long v)
+{
+    json_writer_raw_cstr(w, name);
+    json_writer_int(w, v);
+}
+
+/* Formats the combined line into buf; returns its length (newline included). */
+static size_t format_combined(const struct ops_record *r, const struct tm *tm, char *buf,
+                              size_t cap)
+{
+    static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    char ts[64];
+    snprintf(ts, sizeof ts, "%02d/%s/%04d:%02d:%02d:%02d +0000", tm->tm_mday, mon[tm->tm_mon],
+             tm->tm_year + 1900, tm->tm_hour, tm->tm_min, tm->tm_sec);
+    const struct slice *ref = header_get(r->req_headers, SLICE_LIT("Referer"));
+    const struct slice *ua = header_get(r->req_headers, SLICE_LIT("User-Agent"));
+    int n = snprintf(buf, cap - 1, "%s - %.*s [%s] \"%.*s %.*s %s\" %d %llu \"%.*s\" \"%.*s\"\n",
+                     r->remote_addr, (int)(r->consumer.len ? r->consumer.len : 1),
+                     r->consumer.len ? r->consumer.base : "-", ts, (int)r->method.len,
+                     r->method.base ? r->method.base : "", (int)r->target.len,
+                     r->target.base ? r->target.base : "", r->protocol, r->status,
+                     (unsigned long long)r->bytes_out, ref ? (int)ref->len : 1,
+                     ref ? ref->base : "-", ua ? (int)ua->len : 1, ua ? ua->base : "-");
+    char *p = buf + (n < (int)cap - 1 ? n : (int)cap - 2);
+    if (p[-1] != '\n')
+        *p++ = '\n';
+    return (size_t)(p - buf);
+}
+
+/* Formats the JSON line (SPEC 6) into buf; returns its length (newline included). */
+static size_t format_json(const struct ops_record *r, const struct tm *tm, long msec, char *buf,
+                          size_t cap)
+{
+    struct json_writer w;
+    json_writer_init_buffer(&w, buf, cap);
+    char ts[64];
+    int n = snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm->tm_year + 1900,
+                     tm->tm_mon + 1, tm->tm_mday, tm->tm_hour, tm->tm_min, tm->tm_sec, msec);
+    put_string(&w, "{\"time\":", slice_make(ts, (size_t)n));
+    put_string(&w, ",\"request_id\":", r->request_id);
+    put_string(&w, ",\"remote_addr\":", slice_cstr(r->remote_addr));
+    if (r->method.len)
+        put_string(&w, ",\"method\":", r->method);
+    if (r->host.len)
+        put_string(&w, ",\"host\":", r->host);
+    if (r->path.len)
+        put_string(&w, ",\"path\":", r->path);
+    put_string(&w, ",\"protocol\":", slice_cstr(r->protocol));
+    put_number(&w, ",\"status\":", r->status);
+    put_number(&w, ",\"bytes_in\":", (long long)r->bytes_in);
+    put_number(&w, ",\"bytes_out\":", (long long)r->bytes_out);
+    put_number(&w, ",\"duration_ms\":", (long long)((r->end_us - r->start_us) / 1000));
+    if (r->upstream_name) {
+        put_string(&w, ",\"upstream\":{\"name\":", slice_cstr(r->upstream_name));
+        if (r->upstream_target)
+            put_string(&w, ",\"target\":", slice_cstr(r->upstream_target));
+        json_writer_raw(&w, "}", 1);
     }
+    if (r->upstream_start_us && r->upstream_head_us)
+        put_number(&w, ",\"upstream_ms\":",
+                   (long long)((r->upstream_head_us - r->upstream_start_us) / 1000));
+    if (r->route)
+        put_string(&w, ",\"route\":", slice_cstr(r->route));
+    if (r->consumer.len)
+        put_string(&w, ",\"consumer\":", r->consumer);
+    if (r->client_subject.len)
+        put_string(&w, ",\"client_subject\":", r->client_subject);
+    if (r->error)
+        put_string(&w, ",\"error\":", slice_cstr(r->error));
+    json_writer_raw(&w, "}\n", 2);
+    return json_writer_length(&w, buf);
 }
 
-static void put(char **p, char *end, const char *s)
+bool accesslog_enabled(const struct access_log_config *cfg)
 {
-    size_t n = strlen(s);
-    if (n > (size_t)(end - *p))
-        n = (size_t)(end - *p);
-    memcpy(*p, s, n);
-    *p += n;
+    return !cfg->off && running && cfg->path;
 }
 
-/* Appends `name` then the number `v`. */
-static void putnum(char **p, char *end, const char *name, long long v)
+void accesslog_write(const struct ops_record *r)
 {
-    put(p, end, name);
-    int n = snprintf(*p, (size_t)(end - *p), "%lld", v);
-    if (n > 0)
-        *p += n < end - *p ? n : end - *p;
-}
-
-static const char *protocol_name(const struct exchange *x)
-{
-    switch (x->protocol) {
-    case XPROTO_HTTP10:
-        return "HTTP/1.0";
-    case XPROTO_HTTP11:
-        return "HTTP/1.1";
-    case XPROTO_HTTP2:
-        return "HTTP/2";
-    }
-    return "HTTP/1.1";
-}
-
-void accesslog_write(const struct exchange *x)
-{
-    const struct access_log_config *cfg = &x->snapshot->access_log;
-    if (cfg->off || !running || !cfg->path)
+    const struct access_log_config *cfg = r->log;
+    if (!accesslog_enabled(cfg))
         return;
     char buf[8192];
-    char *p = buf, *end = buf + sizeof buf - 2;
     struct timespec now = clock_real();
     struct tm tm;
     gmtime_r(&now.tv_sec, &tm);
-    int64_t dur_us = clock_mono_us() - x->start_us;
-    if (cfg->format == ACCESS_LOG_COMBINED) {
-        static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-        char ts[64];
-        snprintf(ts, sizeof ts, "%02d/%s/%04d:%02d:%02d:%02d +0000", tm.tm_mday, mon[tm.tm_mon],
-                 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        const struct slice *ref = header_get(&x->req_headers, SLICE_LIT("Referer"));
-        const struct slice *ua = header_get(&x->req_headers, SLICE_LIT("User-Agent"));
-        int n = snprintf(buf, sizeof buf - 1,
-                         "%s - %.*s [%s] \"%.*s %.*s %s\" %d %llu \"%.*s\" \"%.*s\"\n",
-                         x->remote_addr, (int)(x->consumer.len ? x->consumer.len : 1),
-                         x->consumer.len ? x->consumer.base : "-", ts, (int)x->method.len,
-                         x->method.base ? x->method.base : "", (int)x->target.len,
-                         x->target.base ? x->target.base : "", protocol_name(x), x->status,
-                         (unsigned long long)x->bytes_out, ref ? (int)ref->len : 1,
-                         ref ? ref->base : "-", ua ? (int)ua->len : 1, ua ? ua->base : "-");
-        p = buf + (n < (int)sizeof buf - 1 ? n : (int)sizeof buf - 2);
-        if (p[-1] != '\n')
-            *p++ = '\n';
-    } else {
-        char ts[64];
-        snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 now.tv_nsec / 1000000);
-        put(&p, end, "{\"time\":\"");
-        put(&p, end, ts);
-        put(&p, end, "\",\"request_id\":\"");
-        put_json(&p, end, x->request_id);
-        put(&p, end, "\",\"remote_addr\":\"");
-        put(&p, end, x->remote_addr);
-        put(&p, end, "\"");
-        if (x->method.len) {
-            put(&p, end, ",\"method\":\"");
-            put_json(&p, end, x->method);
-            put(&p, end, "\"");
-        }
-        if (x->host.len) {
-            put(&p, end, ",\"host\":\"");
-            put_json(&p, end, x->host);
-            put(&p, end, "\"");
-        }
-        if (x->path.len) {
-            put(&p, end, ",\"path\":\"");
-            put_json(&p, end, x->path);
-            put(&p, end, "\"");
-        }
-        put(&p, end, ",\"protocol\":\"");
-        put(&p, end, protocol_name(x));
-        put(&p, end, "\"");
-        putnum(&p, end, ",\"status\":", x->status);
-        putnum(&p, end, ",\"bytes_in\":", (long long)x->bytes_in);
-        putnum(&p, end, ",\"bytes_out\":", (long long)x->bytes_out);
-        putnum(&p, end, ",\"duration_ms\":", (long long)(dur_us / 1000));
-        if (x->upstream_name) {
-            put(&p, end, ",\"upstream\":{\"name\":\"");
-            put_json(&p, end, slice_cstr(x->upstream_name));
-            put(&p, end, "\"");
-            if (x->upstream_target) {
-                put(&p, end, ",\"target\":\"");
-                put(&p, end, x->upstream_target);
-                put(&p, end, "\"");
-            }
-            put(&p, end, "}");
-        }
-        if (x->upstream_start_us && x->upstream_head_us)
-            putnum(&p, end, ",\"upstream_ms\":",
-                   (long long)((x->upstream_head_us - x->upstream_start_us) / 1000));
-        if (x->route) {
-            put(&p, end, ",\"route\":\"");
-            put_json(&p, end, slice_cstr(x->route->name));
-            put(&p, end, "\"");
-        }
-        if (x->consumer.len) {
-            put(&p, end, ",\"consumer\":\"");
-            put_json(&p, end, x->consumer);
-            put(&p, end, "\"");
-        }
-        if (x->client_subject.len) {
-            put(&p, end, ",\"client_subject\":\"");
-            put_json(&p, end, x->client_subject);
-            put(&p, end, "\"");
-        }
-        if (x->error) {
-            put(&p, end, ",\"error\":\"");
-            put(&p, end, x->error);
-            put(&p, end, "\"");
-        }
-        put(&p, end, "}\n");
-    }
-    size_t len = (size_t)(p - buf);
+    size_t len = cfg->format == ACCESS_LOG_COMBINED
+                     ? format_combined(r, &tm, buf, sizeof buf)
+                     : format_json(r, &tm, now.tv_nsec / 1000000, buf, sizeof buf);
     size_t plen = strlen(cfg->path) + 1;
     struct line *l = malloc(sizeof *l + len + plen);
     if (!l) {

@@ -11,10 +11,11 @@
 #ifndef SLUICE_ACCESSLOG_H
 #define SLUICE_ACCESSLOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
-struct exchange;
-struct snapshot;
+struct access_log_config;
+struct ops_record;
 
 /* Starts the writer thread. Returns 0 or -1. */
 int accesslog_start(void);
@@ -22,8 +23,16 @@ int accesslog_start(void);
 /* Flushes what is queued and stops the writer thread. */
 void accesslog_stop(void);
 
-/* Formats and queues the line for `x` per x->snapshot->access_log. */
-void accesslog_write(const struct exchange *x);
+/* True when a line for an exchange under `cfg` would be written (the log is on and running). */
+bool accesslog_enabled(const struct access_log_config *cfg);
+
+/*
+ * Formats and queues the line for the finished exchange `r` per r->log
+ * (nothing when the log is off). The JSON format goes through
+ * base/json_writer, so a line is valid UTF-8 JSON whatever bytes the
+ * request carried. Reads `r` only during the call.
+ */
+void accesslog_write(const struct ops_record *r);
 
 /* Lines dropped because the queue was full. */
 uint64_t accesslog_dropped(void);

@@ -11,6 +11,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "base/json_writer.h"
 #include "conf/config.h"
 #include "net/listener.h"
 #include "base/log.h"
@@ -58,14 +59,15 @@ static void on_request(struct evhttp_request *req, void *arg)
         metrics_render(body);
         reply(req, 200, "text/plain; version=0.0.4", body);
     } else if (plen == 7 && strncmp(uri, "/config", 7) == 0) {
+        /* The one JSON writer: the same escaping as every other JSON the gateway emits. */
         struct snapshot *s = config_current_hold();
-        char *text = s ? json_dumps(s->redacted, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
-        snapshot_release(s);
-        if (text) {
-            evbuffer_add(body, text, strlen(text));
-            evbuffer_add(body, "\n", 1);
-            free(text);
+        if (s && s->redacted) {
+            struct json_writer w;
+            json_writer_init_evbuffer(&w, body);
+            json_writer_value(&w, s->redacted, 2);
+            json_writer_raw(&w, "\n", 1);
         }
+        snapshot_release(s);
         reply(req, 200, "application/json", body);
     } else {
         evbuffer_add_printf(body, "{\"status\": 404, \"error\": \"not_found\"}\n");

@@ -11,7 +11,7 @@
 
 #include "base/clock.h"
 #include "conf/config.h"
-#include "core/exchange.h"
+#include "ops/record.h"
 
 /*
  * Each thread that counts owns a table of series. A series is keyed by the
@@ -192,16 +192,15 @@ static void count(enum series_kind kind, const char *a, const char *b, int code)
 
 static const char no_route[] = "(none)";
 
-void metrics_exchange_done(const struct exchange *x)
+void metrics_exchange_done(const struct ops_record *r)
 {
-    int64_t now = clock_mono_us();
-    double secs = (double)(now - x->start_us) / 1e6;
-    int code = x->status >= 100 && x->status <= 999 ? x->status : 499;
+    double secs = (double)(r->end_us - r->start_us) / 1e6;
+    int code = r->status >= 100 && r->status <= 999 ? r->status : 499;
     struct table *t = table();
     if (!t)
         return;
     pthread_mutex_lock(&t->lock);
-    struct series *s = lookup(t, SERIES_REQUEST, x->route ? x->route->name : no_route, NULL, code);
+    struct series *s = lookup(t, SERIES_REQUEST, r->route ? r->route : no_route, NULL, code);
     if (s) {
         s->count++;
         s->sum += secs;

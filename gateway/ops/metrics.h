@@ -14,11 +14,11 @@
 #include <stdint.h>
 
 struct evbuffer;
-struct exchange;
+struct ops_record;
 struct target;
 
 /* Counts a finished exchange: requests_total{route,code}, duration histogram. */
-void metrics_exchange_done(const struct exchange *x);
+void metrics_exchange_done(const struct ops_record *r);
 
 /* Counts an upstream response or failure: upstream_requests_total{upstream,target,code}. */
 void metrics_upstream_response(const char *upstream, const char *target, int code);

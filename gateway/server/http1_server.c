@@ -16,6 +16,7 @@
 #include "base/deadline.h"
 #include "core/exchange.h"
 #include "proto/http1_parse.h"
+#include "proto/status.h"
 #include "net/listener.h"
 #include "base/log.h"
 #include "ops/metrics.h"
@@ -161,70 +162,6 @@ static bool client_wants_keepalive(const struct exchange *x)
     return !header_has_token(&x->req_headers, conn_name, SLICE_LIT("close"));
 }
 
-static const char *reason(int status)
-{
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 101:
-        return "Switching Protocols";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 204:
-        return "No Content";
-    case 206:
-        return "Partial Content";
-    case 301:
-        return "Moved Permanently";
-    case 302:
-        return "Found";
-    case 303:
-        return "See Other";
-    case 304:
-        return "Not Modified";
-    case 307:
-        return "Temporary Redirect";
-    case 308:
-        return "Permanent Redirect";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 413:
-        return "Content Too Large";
-    case 417:
-        return "Expectation Failed";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Status";
-    }
-}
-
 static void h1_send_head(struct exchange *x)
 {
     struct h1_conn *h = from_side(x);
@@ -250,7 +187,7 @@ static void h1_send_head(struct exchange *x)
     }
 
     /* The whole head is written into one reserved extent: one copy, one later write. */
-    const char *why = reason(x->status);
+    const char *why = status_reason(x->status);
     size_t why_len = strlen(why);
     const char *tail = !h->keepalive  ? "Connection: close\r\n\r\n"
                        : h->client_10 ? "Connection: keep-alive\r\n\r\n"

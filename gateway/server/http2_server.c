@@ -19,6 +19,7 @@
 #include "net/loop.h"
 #include "base/log.h"
 #include "ops/metrics.h"
+#include "proto/fields.h"
 #include "net/tls.h"
 #include "core/worker.h"
 
@@ -278,14 +279,6 @@ static void on_exchange_gone(void *arg)
 
 /* ---- side operations ----------------------------------------------------- */
 
-static bool connection_specific(struct slice n)
-{
-    return slice_ieq(n, SLICE_LIT("Connection")) || slice_ieq(n, SLICE_LIT("Keep-Alive")) ||
-           slice_ieq(n, SLICE_LIT("Proxy-Connection")) ||
-           slice_ieq(n, SLICE_LIT("Transfer-Encoding")) || slice_ieq(n, SLICE_LIT("Upgrade")) ||
-           slice_ieq(n, SLICE_LIT("TE"));
-}
-
 /* HTTP/2 field names are lower case on the wire (RFC 9113 8.2.1); HTTP/1 upstreams vary. */
 static uint8_t *lower_name(struct arena *a, struct slice n)
 {
@@ -369,7 +362,7 @@ static void h2_send_head(struct exchange *x)
     bool drop_length = status == 204 || status < 200;
     for (size_t i = 0; i < l->count; i++) {
         struct slice name = l->items[i].name;
-        if (name.len == 0 || connection_specific(name))
+        if (name.len == 0 || fields_h2_connection_specific(name, l->items[i].value, false))
             continue;
         if (drop_length && slice_ieq(name, SLICE_LIT("Content-Length")))
             continue;

@@ -16,7 +16,7 @@ case "$cc" in *clang*) ;; *) cc=clang ;; esac
 if cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Debug \
     -DSLUICE_FUZZ=ON >"$build/cmake-configure.log" 2>&1; then
     rm -f "$build/cmake-configure.log"
-    cmake --build "$build" --target fuzz_http1_parse fuzz_chunked -j "$(nproc 2>/dev/null || echo 2)"
+    cmake --build "$build" --target fuzz_http1_parse fuzz_chunked fuzz_json_writer -j "$(nproc 2>/dev/null || echo 2)"
 else
     # The targets need only the parser, so a tree whose other parts do not
     # configure yet (or lack a library) can still be fuzzed.
@@ -28,10 +28,14 @@ else
             -I"$root/gateway" "$here/fuzz_$target.c" "$root/gateway/proto/http1_parse.c" \
             -o "$build/tests/fuzz/fuzz_$target"
     done
+    "$cc" -std=c17 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+        -I"$root/gateway" "$here/fuzz_json_writer.c" "$root/gateway/base/json_writer.c" \
+        -levent_core -ljansson -o "$build/tests/fuzz/fuzz_json_writer"
 fi
 
 status=0
-for target in http1_parse chunked; do
+for target in http1_parse chunked json_writer; do
     work="$build/corpus/$target"
     mkdir -p "$work"
     echo "== fuzz_$target for ${seconds}s"

@@ -15,6 +15,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "base/deadline.h"
 #include "conf/config.h"
 #include "core/exchange.h"
 #include "test.h"
@@ -92,7 +93,8 @@ static void on_cancel(void *arg)
     cancelled++;
 }
 
-static enum filter_verdict t_request(void *instance, struct exchange *x, void *state)
+static enum filter_verdict t_request(const void *instance, void *context, struct exchange *x,
+                                     void *state)
 {
     const struct behaviour *b = instance;
     struct state *st = state;
@@ -110,7 +112,7 @@ static enum filter_verdict t_request(void *instance, struct exchange *x, void *s
     return b->verdict;
 }
 
-static void t_response(void *instance, struct exchange *x, void *state)
+static void t_response(const void *instance, void *context, struct exchange *x, void *state)
 {
     const struct behaviour *b = instance;
     struct state *st = state;
@@ -200,6 +202,7 @@ int main(void)
     sent_body = evbuffer_new();
     struct worker *w = calloc(1, sizeof *w);
     w->base = event_base_new();
+    w->deadlines = deadlines_new(w->base);
     w->notify_fd = -1;
     w->rng[0] = 1;
     w->rng[1] = 2;

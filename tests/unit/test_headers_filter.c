@@ -19,7 +19,7 @@ extern const struct filter_type filter_headers;
 
 static struct config_error err;
 
-static void *create(const char *json)
+static const void *create(const char *json)
 {
     json_error_t jerr;
     json_t *options = json_loads(json, JSON_ALLOW_NUL, &jerr);
@@ -29,7 +29,7 @@ static void *create(const char *json)
     config_error_clear(&err);
     err.file = "sluice.json";
     snprintf(err.path, sizeof(err.path), "routes[0].filters[1]");
-    void *f = filter_headers.create(options, &err);
+    const void *f = filter_headers.create(options, &err);
     json_decref(options);
     return f;
 }
@@ -72,15 +72,15 @@ static void new_exchange(struct exchange *x)
 
 static void test_apply(void)
 {
-    void *f = create("{\"type\": \"headers\","
-                     " \"request\": {"
-                     "   \"set\": {\"X-Real-IP\": \"${remote_addr}\", \"x-static\": \"v1\"},"
-                     "   \"add\": {\"x-trace\": \"id=${request_id};c=${consumer}$\","
-                     "             \"x-static\": \"v2\"},"
-                     "   \"remove\": [\"x-secret\", \"Authorization\", \"x-static\"]},"
-                     " \"response\": {"
-                     "   \"set\": {\"x-route\": \"${route}@${host}\"},"
-                     "   \"remove\": [\"server\"]}}");
+    const void *f = create("{\"type\": \"headers\","
+                           " \"request\": {"
+                           "   \"set\": {\"X-Real-IP\": \"${remote_addr}\", \"x-static\": \"v1\"},"
+                           "   \"add\": {\"x-trace\": \"id=${request_id};c=${consumer}$\","
+                           "             \"x-static\": \"v2\"},"
+                           "   \"remove\": [\"x-secret\", \"Authorization\", \"x-static\"]},"
+                           " \"response\": {"
+                           "   \"set\": {\"x-route\": \"${route}@${host}\"},"
+                           "   \"remove\": [\"server\"]}}");
     ok(f != NULL, "created");
     is_int(err.count, 0);
     if (!f)
@@ -95,7 +95,7 @@ static void test_apply(void)
     header_add(&x.req_headers, SLICE_LIT("x-real-ip"), SLICE_LIT("6.6.6.6"));
     header_add(&x.req_headers, SLICE_LIT("x-real-ip"), SLICE_LIT("7.7.7.7"));
     header_add(&x.req_headers, SLICE_LIT("x-static"), SLICE_LIT("old"));
-    is_int(filter_headers.on_request(f, &x, NULL), FILTER_CONTINUE);
+    is_int(filter_headers.on_request(f, NULL, &x, NULL), FILTER_CONTINUE);
 
     value_is(&x.req_headers, "x-secret", NULL);
     value_is(&x.req_headers, "authorization", NULL);
@@ -118,7 +118,7 @@ static void test_apply(void)
     /* The response part touches only the response headers. */
     header_add(&x.resp_headers, SLICE_LIT("Server"), SLICE_LIT("upstream/1.0"));
     header_add(&x.resp_headers, SLICE_LIT("content-type"), SLICE_LIT("text/plain"));
-    filter_headers.on_response(f, &x, NULL);
+    filter_headers.on_response(f, NULL, &x, NULL);
     value_is(&x.resp_headers, "server", NULL);
     value_is(&x.resp_headers, "content-type", "text/plain");
     value_is(&x.resp_headers, "x-route", "users-api@api.example.com:8080");
@@ -129,15 +129,15 @@ static void test_apply(void)
     new_exchange(&x);
     x.consumer = slice_make("", 0);
     x.route = NULL;
-    filter_headers.on_request(f, &x, NULL);
-    filter_headers.on_response(f, &x, NULL);
+    filter_headers.on_request(f, NULL, &x, NULL);
+    filter_headers.on_response(f, NULL, &x, NULL);
     value_is(&x.req_headers, "x-trace", "id=req-1;c=$");
     value_is(&x.resp_headers, "x-route", "@api.example.com:8080");
     arena_free(x.arena);
 
     new_exchange(&x);
     x.consumer = SLICE_LIT("bob\r\nx-admin: 1");
-    filter_headers.on_request(f, &x, NULL);
+    filter_headers.on_request(f, NULL, &x, NULL);
     value_is(&x.req_headers, "x-trace", "id=req-1;c=bobx-admin: 1$");
     value_is(&x.req_headers, "x-admin", NULL);
     arena_free(x.arena);
@@ -147,16 +147,17 @@ static void test_apply(void)
 /* Values without variables point into the instance: nothing is allocated per request. */
 static void test_no_allocation(void)
 {
-    void *f = create("{\"request\": {\"set\": {\"x-a\": \"1\"}, \"add\": {\"x-b\": \"$2 ${\"}},"
-                     " \"response\": {\"set\": {\"x-c\": \"${HOST} ${host\"}}}");
+    const void *f =
+        create("{\"request\": {\"set\": {\"x-a\": \"1\"}, \"add\": {\"x-b\": \"$2 ${\"}},"
+               " \"response\": {\"set\": {\"x-c\": \"${HOST} ${host\"}}}");
     ok(f != NULL, "created");
     if (!f)
         return;
     struct exchange x;
     new_exchange(&x);
     size_t before = arena_used(x.arena);
-    filter_headers.on_request(f, &x, NULL);
-    filter_headers.on_response(f, &x, NULL);
+    filter_headers.on_request(f, NULL, &x, NULL);
+    filter_headers.on_response(f, NULL, &x, NULL);
     is_int(arena_used(x.arena), before);
     value_is(&x.req_headers, "x-a", "1");
     value_is(&x.req_headers, "x-b", "$2 ${");
@@ -169,7 +170,7 @@ static void test_no_allocation(void)
     if (!f)
         return;
     new_exchange(&x);
-    filter_headers.on_request(f, &x, NULL);
+    filter_headers.on_request(f, NULL, &x, NULL);
     value_is(&x.req_headers, "x-d", "$api.example.com:8080api.example.com:8080users-apix");
     arena_free(x.arena);
     filter_headers.destroy(f);
@@ -181,7 +182,7 @@ static void test_no_allocation(void)
 
 static void test_errors(void)
 {
-    void *f =
+    const void *f =
         create("{\"type\": \"headers\", \"requests\": {},"
                " \"request\": {\"sett\": {},"
                "   \"set\": {\"x-foo\": \"${remote}-${nope}\", \"bad name\": \"1\","
