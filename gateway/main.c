@@ -253,6 +253,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot start: out of memory\n");
         return EXIT_STARTUP;
     }
+    proxy_register(); /* the exchange's upstream side, before any worker serves */
     struct snapshot *cur = config_current_hold();
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);

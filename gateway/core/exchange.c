@@ -10,13 +10,20 @@
 #include "conf/config.h"
 #include "net/conn.h"
 #include "ops/metrics.h"
-#include "core/proxy.h"
 #include "core/worker.h"
 
 /* Room for a typical request's arena: the head copy, header lists, filter state. */
 #define EXCHANGE_ARENA_SIZE 4096
 /* Request body held while no upstream takes it yet (filters still running). */
 #define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
+
+/* The upstream side (core/proxy), registered at start-up. */
+static const struct exchange_upstream_ops *upstream_ops;
+
+void exchange_set_upstream(const struct exchange_upstream_ops *ops)
+{
+    upstream_ops = ops;
+}
 
 static int64_t now_us(void)
 {
@@ -450,7 +457,12 @@ static void after_request_filters(struct exchange *x)
         if (x->expect_continue && x->req_has_body && !x->req_body_done &&
             x->client->ops->send_continue)
             x->client->ops->send_continue(x);
-        proxy_start(x);
+        if (!upstream_ops) {
+            exchange_respond_error(x, 500, "no upstream side is registered");
+            exchange_reply(x);
+            return;
+        }
+        upstream_ops->start(x);
         return;
     }
 }
@@ -460,7 +472,7 @@ static void after_request_filters(struct exchange *x)
 void exchange_on_request_body(struct exchange *x)
 {
     if (x->proxy) {
-        proxy_on_request_body(x);
+        upstream_ops->on_request_body(x);
         return;
     }
     /* Nobody consumes the body yet (a filter paused): hold at most the high-water mark. */
@@ -474,7 +486,7 @@ void exchange_on_request_body(struct exchange *x)
 void exchange_on_client_drain(struct exchange *x)
 {
     if (x->proxy)
-        proxy_on_client_drain(x);
+        upstream_ops->on_client_drain(x);
 }
 
 void exchange_on_client_abort(struct exchange *x)
@@ -533,6 +545,31 @@ void exchange_reply(struct exchange *x)
     if (x->gw_body && evbuffer_get_length(x->gw_body) && !x->resp_no_body)
         exchange_send_body(x, x->gw_body);
     exchange_end(x);
+}
+
+void exchange_pause_request_body(struct exchange *x, bool pause)
+{
+    x->client->ops->pause_body(x, pause);
+}
+
+size_t exchange_pending(struct exchange *x)
+{
+    return x->client->ops->pending(x);
+}
+
+int exchange_splice_fd(struct exchange *x)
+{
+    return x->client->ops->splice_fd ? x->client->ops->splice_fd(x) : -1;
+}
+
+int exchange_body_splice_fd(struct exchange *x, uint64_t *left)
+{
+    return x->client->ops->body_splice_fd ? x->client->ops->body_splice_fd(x, left) : -1;
+}
+
+void exchange_body_spliced(struct exchange *x, uint64_t n)
+{
+    x->client->ops->body_spliced(x, n);
 }
 
 static const char *reason_phrase(int status)

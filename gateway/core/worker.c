@@ -17,7 +17,7 @@
 #include "base/deadline.h"
 #include "server/http1_server.h"
 #include "net/listener.h"
-#include "core/proxy.h"
+#include "net/splice.h"
 #include "base/log.h"
 #include "upstream/upstream.h"
 
@@ -302,7 +302,7 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
     arena_thread_cleanup();
     conn_thread_cleanup();
-    proxy_thread_cleanup();
+    splice_cache_clear();
     atomic_store(&w->exited, true);
     return NULL;
 }

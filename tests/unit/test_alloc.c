@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "conf/config.h"
+#include "core/proxy.h"
 #include "test.h"
 #include "core/worker.h"
 
@@ -187,6 +188,7 @@ int main(void)
     if (!s)
         return test_done();
     config_current_set(s);
+    proxy_register();
     struct worker *w = worker_new(0, s);
     ok(w && worker_start(w) == 0, "worker starts");
 
