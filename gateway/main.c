@@ -269,6 +269,7 @@ int main(int argc, char **argv)
     }
     /* The listeners hand accepted connections to the codecs through this table. */
     listener_set_codecs(&server_codecs);
+    proxy_register(); /* the exchange's upstream side, before any worker serves */
     struct snapshot *cur = config_current_hold();
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);
@@ -327,7 +328,6 @@ int main(int argc, char **argv)
     config_current_set(NULL);
     upstream_health_table_free();
     metrics_free();
-    proxy_thread_cleanup();
     event_base_free(g.base);
     libevent_global_shutdown();
     return status;

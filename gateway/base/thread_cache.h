@@ -1,12 +1,11 @@
 /*
  * thread_cache: the per-thread caches of a worker in one struct
- * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c) and
- * spare evbuffers (net/conn.c). The worker embeds one, registers it for
- * its thread when its loop starts and empties it when the loop ends; the
- * modules reach it through thread_cache_self() without knowing about
- * workers (they sit in lower layers). A thread without a registered cache
- * (the main thread, a unit test's thread) caches nothing: every object is
- * allocated and freed directly.
+ * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c),
+ * spare evbuffers (net/conn.c) and spare splice pipes (net/splice.c). The worker embeds one,
+ * registers it for its thread when its loop starts and empties it when the loop ends; the modules
+ * reach it through thread_cache_self() without knowing about workers (they sit in lower layers). A
+ * thread without a registered cache (the main thread, a unit test's thread) caches nothing: every
+ * object is allocated and freed directly.
  *
  * Adding a cache for a module: add its fields below (plain arrays and
  * counters, no allocation of their own), read them through
@@ -29,6 +28,8 @@ struct evbuffer;
 #define THREAD_CACHE_ARENAS 64
 /* Spare evbuffers lent by idle connections (conn_release_buffers). */
 #define THREAD_CACHE_BUFFERS 128
+/* Empty 1 MiB splice pipes kept for the next large body or tunnel. */
+#define THREAD_CACHE_PIPES 4
 
 struct thread_cache {
     /* base/arena.c: freed arenas kept for the next arena_new of the same size. */
@@ -37,6 +38,9 @@ struct thread_cache {
     /* net/conn.c: empty evbuffers of idle keep-alive connections. */
     struct evbuffer *buffers[THREAD_CACHE_BUFFERS];
     int num_buffers;
+    /* net/splice.c: empty pipes (read end, write end). */
+    int pipes[THREAD_CACHE_PIPES][2];
+    int num_pipes;
 };
 
 /* The cache registered for the calling thread (NULL: none); see thread_cache_self(). */

@@ -17,7 +17,6 @@
 #include "net/conn.h"
 #include "ops/metrics.h"
 #include "ops/record.h"
-#include "core/proxy.h"
 #include "core/worker.h"
 #include "proto/status.h"
 
@@ -25,6 +24,14 @@
 #define EXCHANGE_ARENA_SIZE 4096
 /* Request body held while no upstream takes it yet (filters still running). */
 #define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
+
+/* The upstream side (core/proxy), registered at start-up. */
+static const struct exchange_upstream_ops *upstream_ops;
+
+void exchange_set_upstream(const struct exchange_upstream_ops *ops)
+{
+    upstream_ops = ops;
+}
 
 static void on_arena_free_body(void *arg)
 {
@@ -604,7 +611,12 @@ static void after_request_filters(struct exchange *x)
         if (x->expect_continue && x->req_has_body && !x->req_body_done &&
             x->client->ops->send_continue)
             x->client->ops->send_continue(x);
-        proxy_start(x);
+        if (!upstream_ops) {
+            exchange_respond_error(x, 500, "no upstream side is registered");
+            exchange_reply(x);
+            return;
+        }
+        upstream_ops->start(x);
         return;
     }
 }
@@ -669,7 +681,7 @@ void exchange_on_request_body(struct exchange *x)
             reply_body_response(x);
             return;
         }
-        proxy_on_request_body(x);
+        upstream_ops->on_request_body(x);
         return;
     }
     /* Nobody consumes the body yet (a filter paused): hold at most the high-water mark. */
@@ -683,7 +695,7 @@ void exchange_on_request_body(struct exchange *x)
 void exchange_on_client_drain(struct exchange *x)
 {
     if (x->proxy)
-        proxy_on_client_drain(x);
+        upstream_ops->on_client_drain(x);
 }
 
 void exchange_on_client_abort(struct exchange *x)
@@ -739,4 +751,24 @@ void exchange_reply(struct exchange *x)
     if (x->gw_body && evbuffer_get_length(x->gw_body) && !x->resp_no_body)
         exchange_send_body(x, x->gw_body);
     exchange_end(x);
+}
+
+void exchange_pause_request_body(struct exchange *x, bool pause)
+{
+    x->client->ops->pause_body(x, pause);
+}
+
+size_t exchange_pending(struct exchange *x)
+{
+    return x->client->ops->pending(x);
+}
+
+int exchange_splice_fd(struct exchange *x)
+{
+    return x->client->ops->splice_fd ? x->client->ops->splice_fd(x) : -1;
+}
+
+void exchange_body_spliced(struct exchange *x, uint64_t n)
+{
+    x->client->ops->body_spliced(x, n);
 }

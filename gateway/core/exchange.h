@@ -7,7 +7,9 @@
  * state, and the access-log record. The exchange does not know which codec
  * brought the request or which one talks to the upstream: the client side is
  * a table of operations (struct exchange_side_ops) that the downstream codec
- * implements, and the upstream side is proxy.c.
+ * implements, and the upstream side is a table too (struct
+ * exchange_upstream_ops), which core/proxy registers at start-up: the
+ * exchange never names the proxy, so the two do not include each other.
  *
  * Flow: a codec fills the request fields and calls exchange_start(); the
  * exchange normalises, routes, runs the request filters (global then the
@@ -38,7 +40,6 @@
 #include "base/header.h"
 #include "core/router.h"
 #include "base/slice.h"
-#include "proto/fields.h" /* transitional: core/proxy.c and upstream/http1_client.c get header_remove_hop_by_hop */
 
 struct evbuffer;
 struct exchange_hold;
@@ -88,6 +89,23 @@ struct exchange_side_ops {
 struct exchange_side {
     const struct exchange_side_ops *ops;
 };
+
+/*
+ * What the exchange asks of its upstream side (core/proxy), registered once
+ * with exchange_set_upstream() before requests are served. Called on the
+ * worker's thread; each may end the exchange.
+ */
+struct exchange_upstream_ops {
+    /* Takes over an exchange routed to an upstream: ends it with exchange_end/abort/reply. */
+    void (*start)(struct exchange *x);
+    /* More request body arrived in x->req_body (or its end, x->req_body_done). */
+    void (*on_request_body)(struct exchange *x);
+    /* The client's output drained: the upstream may be read again. */
+    void (*on_client_drain)(struct exchange *x);
+};
+
+/* Registers the upstream side (process-wide; `ops` must stay valid). */
+void exchange_set_upstream(const struct exchange_upstream_ops *ops);
 
 /* Variables usable in filter option strings (SPEC 4 `headers`). */
 enum exchange_var {
@@ -271,6 +289,21 @@ int exchange_body_splice_fd(struct exchange *x, uint64_t *left);
 
 /* The state of the filter at position `i` of the running pipeline (tests). */
 void *exchange_filter_state(struct exchange *x, size_t i);
+
+/*
+ * The client side, for the upstream side (which reaches the client only
+ * through these): stop or resume reading the request body (backpressure);
+ * response bytes accepted but not yet written to the client; the client
+ * socket for splicing the response body, or -1 (see exchange_side_ops
+ * splice_fd); the client socket for splicing the rest of the request body
+ * with *left bytes, or -1 (body_splice_fd); `n` more request body bytes
+ * were taken from that socket (body_spliced).
+ */
+void exchange_pause_request_body(struct exchange *x, bool pause);
+size_t exchange_pending(struct exchange *x);
+int exchange_splice_fd(struct exchange *x);
+int exchange_body_splice_fd(struct exchange *x, uint64_t *left);
+void exchange_body_spliced(struct exchange *x, uint64_t n);
 
 /* Maps a ${name} variable to its id at load time; -1 if unknown. */
 int exchange_var_lookup(struct slice name);

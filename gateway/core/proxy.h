@@ -1,34 +1,37 @@
 /*
- * proxy: one exchange's upstream state machine (SPEC 2.3, 3.1): pick a
- * target, take a pooled connection or connect, send the request head and
- * stream the body, read the response head and stream the body back, retry
- * on another target where SPEC 2.3 allows, and turn failures into 502, 503
- * or 504.
+ * proxy: one exchange's upstream side, protocol-blind (ARCHITECTURE "The
+ * exchange", SPEC 2.3, 3.1): pick a target, open a stream on it through the
+ * upstream's codec (upstream/codec.h: HTTP/1.1 or HTTP/2), move the request
+ * body to it and the response back to the exchange, retry on another
+ * target where SPEC 2.3 allows, and turn failures into 502, 503 or 504.
  *
- * Owns: struct proxy (in the exchange's arena), the upstream connection
- * while the exchange uses it (returned to the pool or closed at the end), and
- * its timers. An arena cleanup releases all of it if the exchange ends early.
+ * The proxy is the one owner of backpressure: one high-water mark
+ * (UPSTREAM_HIGH_WATER), applied in one place both ways. Large plain
+ * bodies may go socket to socket with net/splice when the codec and the
+ * client side both allow it. It reaches the client only through the
+ * exchange's functions; the protocol-blind request fields it adds
+ * (X-Forwarded-*, hop-by-hop removal) are set here, not in a codec.
+ *
+ * The exchange does not name the proxy: the proxy registers itself as the
+ * exchange's upstream side (exchange_set_upstream) through proxy_register(),
+ * which main calls before it starts the workers (and a test that proxies,
+ * before its first request). So neither exchange.c nor worker.c includes
+ * proxy.h, and no circle joins them.
+ *
+ * Owns: struct proxy (in the exchange's arena), the stream while the
+ * exchange uses it, the replay copy of a small request body (for retries),
+ * and its timer. An arena cleanup releases all of it if the exchange ends
+ * early.
  *
  * Thread: the worker's thread.
  */
 #ifndef SLUICE_PROXY_H
 #define SLUICE_PROXY_H
 
-struct exchange;
-
-/* Sends the exchange to its route's upstream. Ends with exchange_end/abort/reply. */
-void proxy_start(struct exchange *x);
-
-/* More request body arrived in x->req_body (or it is complete). */
-void proxy_on_request_body(struct exchange *x);
-
-/* The client's output drained: resume reading the upstream. */
-void proxy_on_client_drain(struct exchange *x);
-
-/* Closes the calling thread's spare splice pipes (at thread exit). */
-void proxy_thread_cleanup(void);
-
-/* Releases everything (called by the arena cleanup; also on client abort). */
-void proxy_cancel(struct exchange *x);
+/*
+ * Makes the proxy the exchange's upstream side (exchange_set_upstream).
+ * Idempotent; call before the first exchange is routed to an upstream.
+ */
+void proxy_register(void);
 
 #endif

@@ -17,7 +17,7 @@
 #include "base/deadline.h"
 #include "net/listener.h"
 #include "core/filter.h"
-#include "core/proxy.h"
+#include "net/splice.h"
 #include "base/log.h"
 #include "upstream/upstream.h"
 
@@ -272,6 +272,7 @@ static void cache_clear(struct worker *w)
 {
     arena_cache_clear(&w->cache);
     conn_cache_clear(&w->cache);
+    splice_cache_clear(&w->cache);
 }
 
 static void *worker_main(void *arg)
@@ -288,7 +289,6 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
     thread_cache_set(NULL);
     cache_clear(w);
-    proxy_thread_cleanup();
     atomic_store(&w->exited, true);
     return NULL;
 }

@@ -87,14 +87,4 @@ static inline bool fields_h2_connection_specific(struct slice name, struct slice
  */
 void fields_remove_hop_by_hop(struct header_list *l, bool keep_upgrade);
 
-/*
- * Transitional name of fields_remove_hop_by_hop for the call sites in
- * core/proxy.c and upstream/http1_client.c, which switch to the new name
- * when their owners' changes are merged; then this alias goes.
- */
-static inline void header_remove_hop_by_hop(struct header_list *l, bool keep_upgrade)
-{
-    fields_remove_hop_by_hop(l, keep_upgrade);
-}
-
 #endif

@@ -29,16 +29,15 @@
 #include "base/arena.h"
 #include "conf/config.h"
 #include "net/conn.h"
-#include "core/exchange.h"
 #include "base/header.h"
 #include "base/log.h"
 #include "upstream/pool.h"
 #include "net/tls.h"
+#include "upstream/codec.h"
 #include "upstream/upstream.h"
-#include "core/worker.h"
 
 /* Past this much unsent output, stop framing more until the socket drains. */
-#define H2C_HIGH_WATER (256 * 1024)
+#define UPSTREAM_HIGH_WATER (256 * 1024)
 /* Our stream window: what one stream may have in flight toward a slow client. */
 #define H2C_STREAM_WINDOW (256 * 1024)
 /* Our connection window; given back as DATA arrives, so it only bounds a burst. */
@@ -56,9 +55,9 @@ struct h2_session {
     struct h2_session *next; /* pool->h2 links */
     struct h2_session *prev;
     nghttp2_session *ng;
-    struct event *kick;        /* flushes queued frames from the loop */
-    struct event *timer;       /* connect timeout */
-    struct h2_stream *streams; /* attached streams */
+    struct event *kick;                 /* flushes queued frames from the loop */
+    struct event *timer;                /* connect timeout */
+    struct h2_upstream_stream *streams; /* attached streams */
     unsigned num_streams;
     unsigned long frames_in; /* frames received so far */
     unsigned long ended;     /* streams that completed on it */
@@ -69,12 +68,14 @@ struct h2_session {
     bool dead;               /* failed or retired: freed once busy is 0 */
 };
 
-struct h2_stream {
-    struct h2_session *session; /* NULL once detached */
-    struct h2_stream *next;
-    struct h2_stream *prev;
-    struct exchange *x;
-    const struct http2_stream_events *events;
+struct h2_upstream_stream {
+    struct upstream_stream base; /* first: the codec's ops */
+    struct h2_session *session;  /* NULL once detached */
+    struct h2_upstream_stream *next;
+    struct h2_upstream_stream *prev;
+    const struct upstream_request *rq;
+    struct upstream_response *resp;
+    const struct upstream_events *events;
     void *owner;
     int32_t id;                /* 0 until submitted */
     struct evbuffer *body;     /* request body not framed yet */
@@ -95,8 +96,9 @@ struct h2_stream {
     bool closed; /* nghttp2 closed or never opened it: no RST_STREAM */
 };
 
-static void session_fail(struct h2_session *s, enum http2_client_failure why, int status,
+static void session_fail(struct h2_session *s, enum upstream_failure why, int status,
                          const char *message);
+static void close_sessions(struct pool *p);
 
 /* ---- sessions: bookkeeping -------------------------------------------------- */
 
@@ -122,15 +124,15 @@ static void schedule(struct h2_session *s)
         event_active(s->kick, EV_TIMEOUT, 0);
 }
 
-static struct h2_stream *find(const struct h2_session *s, int32_t id)
+static struct h2_upstream_stream *find(const struct h2_session *s, int32_t id)
 {
-    for (struct h2_stream *st = s->streams; st; st = st->next)
+    for (struct h2_upstream_stream *st = s->streams; st; st = st->next)
         if (st->id == id)
             return st;
     return NULL;
 }
 
-static void attach(struct h2_session *s, struct h2_stream *st)
+static void attach(struct h2_session *s, struct h2_upstream_stream *st)
 {
     st->session = s;
     st->prev = NULL;
@@ -141,7 +143,7 @@ static void attach(struct h2_session *s, struct h2_stream *st)
     s->num_streams++;
 }
 
-static void detach(struct h2_stream *st)
+static void detach(struct h2_upstream_stream *st)
 {
     struct h2_session *s = st->session;
     if (!s)
@@ -201,7 +203,7 @@ static void leave(struct h2_session *s)
         while ((n = nghttp2_session_mem_send(s->ng, &data)) > 0)
             evbuffer_add(s->conn.out, data, (size_t)n);
         conn_flush(&s->conn);
-        session_fail(s, H2_FAIL_RESET, 502, "the upstream connection closed");
+        session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream connection closed");
     }
     if (s->dead)
         session_free(s);
@@ -212,7 +214,7 @@ static void leave(struct h2_session *s)
 static ssize_t on_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                             uint32_t *flags, nghttp2_data_source *source, void *user)
 {
-    struct h2_stream *st = find(user, id);
+    struct h2_upstream_stream *st = find(user, id);
     if (!st)
         return NGHTTP2_ERR_DEFERRED; /* detached: a reset is on its way */
     size_t have = evbuffer_get_length(st->body);
@@ -274,33 +276,36 @@ static nghttp2_nv make_nv(struct slice name, struct slice value)
 }
 
 /* Submits the request HEADERS (nghttp2 copies the fields). */
-static void submit(struct h2_session *s, struct h2_stream *st)
+static void submit(struct h2_session *s, struct h2_upstream_stream *st)
 {
-    struct exchange *x = st->x;
-    const struct header_list *h = &x->req_headers;
-    nghttp2_nv *nva = arena_alloc(x->arena, (h->count + 5) * sizeof *nva);
+    const struct upstream_request *rq = st->rq;
+    const struct header_list *h = rq->headers;
+    nghttp2_nv *nva = arena_alloc(rq->arena, (h->count + 6) * sizeof *nva);
     size_t n = 0;
-    struct slice path = x->path;
-    if (x->has_query) {
-        struct slice parts[3] = {x->path, SLICE_LIT("?"), x->query};
-        path = arena_concat(x->arena, parts, 3);
+    struct slice path = rq->path;
+    if (rq->has_query) {
+        struct slice parts[3] = {rq->path, SLICE_LIT("?"), rq->query};
+        path = arena_concat(rq->arena, parts, 3);
     }
     const struct slice *host = header_get(h, SLICE_LIT("Host"));
-    struct slice authority = host ? *host : x->host;
+    struct slice authority = host ? *host : rq->host;
     if (!authority.len)
         authority = slice_cstr(st->session->target->name);
-    nva[n++] = make_nv(SLICE_LIT(":method"), x->method);
+    nva[n++] = make_nv(SLICE_LIT(":method"), rq->method);
     nva[n++] = make_nv(SLICE_LIT(":scheme"), s->conn.ssl ? SLICE_LIT("https") : SLICE_LIT("http"));
     nva[n++] = make_nv(SLICE_LIT(":authority"), authority);
     nva[n++] = make_nv(SLICE_LIT(":path"), path);
     for (size_t i = 0; i < h->count; i++) {
         if (forbidden_field(&h->items[i]))
             continue;
-        nva[n++] = make_nv(lower_copy(x->arena, h->items[i].name), h->items[i].value);
+        nva[n++] = make_nv(lower_copy(rq->arena, h->items[i].name), h->items[i].value);
     }
+    /* RFC 9113 8.2.2: HTTP/2 carries TE only as "trailers", which gRPC requires. */
+    if (rq->te_trailers)
+        nva[n++] = make_nv(SLICE_LIT("te"), SLICE_LIT("trailers"));
     char length[24];
-    if (st->has_body && x->req_length >= 0) {
-        int len = snprintf(length, sizeof length, "%lld", (long long)x->req_length);
+    if (st->has_body && rq->length >= 0) {
+        int len = snprintf(length, sizeof length, "%lld", (long long)rq->length);
         nva[n++] = make_nv(SLICE_LIT("content-length"), slice_make(length, (size_t)len));
     }
     nghttp2_data_provider provider = {.source.ptr = NULL, .read_callback = on_read_body};
@@ -320,21 +325,22 @@ static void flush(struct h2_session *s)
     if (s->dead || !s->connected)
         return;
     /* Requests that could not be submitted fail from here, where it is safe. */
-    for (struct h2_stream *st = s->streams, *next; st; st = next) {
+    for (struct h2_upstream_stream *st = s->streams, *next; st; st = next) {
         next = st->next;
         if (st->refused) {
             detach(st);
             st->closed = true;
-            st->events->on_fail(st->owner, H2_FAIL_REFUSED, 502,
+            st->events->on_fail(st->owner, UPSTREAM_FAIL_STALE, 502,
                                 "the upstream connection takes no more streams");
             next = s->streams; /* the owner may have closed others */
         }
     }
-    while (evbuffer_get_length(s->conn.out) < H2C_HIGH_WATER) {
+    while (evbuffer_get_length(s->conn.out) < UPSTREAM_HIGH_WATER) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
         if (n < 0) {
-            session_fail(s, H2_FAIL_RESET, 502, "the HTTP/2 session to the upstream failed");
+            session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502,
+                         "the HTTP/2 session to the upstream failed");
             return;
         }
         if (n == 0)
@@ -344,11 +350,11 @@ static void flush(struct h2_session *s)
     if (s->dead)
         return;
     if (conn_flush(&s->conn) < 0) {
-        session_fail(s, H2_FAIL_RESET, 502, "the upstream reset the connection");
+        session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream reset the connection");
         return;
     }
     /* Owners whose body was all framed may let their client send more. */
-    for (struct h2_stream *st = s->streams, *next; st; st = next) {
+    for (struct h2_upstream_stream *st = s->streams, *next; st; st = next) {
         next = st->next;
         if (st->drained) {
             st->drained = false;
@@ -362,10 +368,10 @@ static void flush(struct h2_session *s)
 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
 {
-    struct h2_stream *st = find(user, frame->hd.stream_id);
+    struct h2_upstream_stream *st = find(user, frame->hd.stream_id);
     if (!st || frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    header_list_init(&st->fields, st->x->arena, 16);
+    header_list_init(&st->fields, st->rq->arena, 16);
     st->field_bytes = 0;
     st->status = 0;
     return 0;
@@ -375,7 +381,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                      void *user)
 {
-    struct h2_stream *st = find(user, frame->hd.stream_id);
+    struct h2_upstream_stream *st = find(user, frame->hd.stream_id);
     if (!st || frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     st->field_bytes += namelen + valuelen + 32;
@@ -387,7 +393,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
             st->status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
         return 0;
     }
-    struct arena *a = st->x->arena;
+    struct arena *a = st->rq->arena;
     /* The decoder's buffers go away after this call: the fields are copied. */
     header_add(&st->fields, arena_slice_dup(a, slice_make((const char *)name, namelen)),
                arena_slice_dup(a, slice_make((const char *)value, valuelen)));
@@ -413,23 +419,22 @@ static int64_t content_length(const struct header_list *h)
  * grpc-* status fields are trailers: moved there, so that an HTTP/1.1 client
  * gets them in the last chunk and an HTTP/2 client in a trailing HEADERS.
  */
-static void split_trailers_only(struct exchange *x)
+static void split_trailers_only(struct upstream_response *resp)
 {
     static const struct slice names[] = {SLICE_LIT("grpc-status"), SLICE_LIT("grpc-message"),
                                          SLICE_LIT("grpc-status-details-bin")};
-    if (!header_get(&x->resp_headers, names[0]))
+    if (!header_get(&resp->headers, names[0]))
         return;
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         long k = -1;
-        while ((k = header_find(&x->resp_headers, names[i], (size_t)(k + 1))) >= 0)
-            header_add(&x->resp_trailers, x->resp_headers.items[k].name,
-                       x->resp_headers.items[k].value);
-        header_remove(&x->resp_headers, names[i]);
+        while ((k = header_find(&resp->headers, names[i], (size_t)(k + 1))) >= 0)
+            header_add(&resp->trailers, resp->headers.items[k].name, resp->headers.items[k].value);
+        header_remove(&resp->headers, names[i]);
     }
 }
 
 /* The response ended (END_STREAM): detach, then tell the owner (who frees the exchange). */
-static void finish(struct h2_session *s, struct h2_stream *st)
+static void finish(struct h2_session *s, struct h2_upstream_stream *st)
 {
     detach(st);
     s->ended++;
@@ -445,7 +450,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     struct h2_session *s = user;
     int32_t id = frame->hd.stream_id;
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
-    struct h2_stream *st;
+    struct h2_upstream_stream *st;
     s->frames_in++;
     switch (frame->hd.type) {
     case NGHTTP2_GOAWAY:
@@ -467,20 +472,20 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     st = find(s, id);
     if (!st)
         return 0;
-    struct exchange *x = st->x;
+    struct upstream_response *resp = st->resp;
     if (st->head_done) {
         /* Trailer fields (RFC 9113 8.1); nghttp2 made sure END_STREAM is set. */
-        x->resp_trailers = st->fields;
+        resp->trailers = st->fields;
     } else {
         /* Interim responses are not forwarded (as for HTTP/1 upstreams). */
         if (st->status < 200)
             return 0;
         st->head_done = true;
-        x->status = st->status;
-        x->resp_headers = st->fields;
-        x->resp_length = content_length(&x->resp_headers);
+        resp->status = st->status;
+        resp->headers = st->fields;
+        resp->length = content_length(&resp->headers);
         if (end)
-            split_trailers_only(x);
+            split_trailers_only(resp);
         st->events->on_head(st->owner);
         /* The owner may have given up on the stream: look again. */
         st = find(s, id);
@@ -498,13 +503,13 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     struct h2_session *s = user;
     /* The connection window is given back at once: one slow stream must not stall the rest. */
     nghttp2_session_consume_connection(ng, len);
-    struct h2_stream *st = find(s, id);
+    struct h2_upstream_stream *st = find(s, id);
     if (!st || !st->head_done) {
         nghttp2_session_consume_stream(ng, id, len);
         return 0;
     }
     evbuffer_add(st->data, data, len);
-    st->events->on_body(st->owner, st->data);
+    st->events->on_body(st->owner, st->data, false);
     st = find(s, id);
     if (st && st->paused)
         st->unconsumed += len;
@@ -515,15 +520,16 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *user)
 {
-    struct h2_stream *st = find(user, id);
+    struct h2_upstream_stream *st = find(user, id);
     if (!st)
         return 0;
     detach(st);
     st->closed = true;
     if (error_code == NGHTTP2_REFUSED_STREAM)
-        st->events->on_fail(st->owner, H2_FAIL_REFUSED, 502, "the upstream refused the stream");
+        st->events->on_fail(st->owner, UPSTREAM_FAIL_STALE, 502, "the upstream refused the stream");
     else
-        st->events->on_fail(st->owner, H2_FAIL_RESET, 502, "the upstream reset the stream");
+        st->events->on_fail(st->owner, UPSTREAM_FAIL_AFTER_SEND, 502,
+                            "the upstream reset the stream");
     return 0;
 }
 
@@ -532,7 +538,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     struct h2_session *s = user;
-    struct h2_stream *st = find(s, frame->hd.stream_id);
+    struct h2_upstream_stream *st = find(s, frame->hd.stream_id);
     if (st) {
         st->sent = true;
         st->heard = s->frames_in;
@@ -546,14 +552,14 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, in
     struct h2_session *s = user;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    struct h2_stream *st = find(s, frame->hd.stream_id);
+    struct h2_upstream_stream *st = find(s, frame->hd.stream_id);
     if (!st || st->sent)
         return 0;
     /* Never sent (the connection is going away): any method may go elsewhere. */
     s->goaway = true;
     detach(st);
     st->closed = true;
-    st->events->on_fail(st->owner, H2_FAIL_REFUSED, 502, "the upstream connection is closing");
+    st->events->on_fail(st->owner, UPSTREAM_FAIL_STALE, 502, "the upstream connection is closing");
     return 0;
 }
 
@@ -577,13 +583,14 @@ static void on_conn_read(struct conn *c)
             break;
         ssize_t rv = nghttp2_session_mem_recv(s->ng, seg.iov_base, seg.iov_len);
         if (rv < 0) {
-            session_fail(s, H2_FAIL_RESET, 502, "the upstream broke the HTTP/2 protocol");
+            session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502,
+                         "the upstream broke the HTTP/2 protocol");
             break;
         }
         evbuffer_drain(c->in, seg.iov_len);
     }
     if (!s->dead && c->eof)
-        session_fail(s, H2_FAIL_RESET, 502, "the upstream closed the connection");
+        session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream closed the connection");
     flush(s);
     leave(s);
 }
@@ -599,15 +606,16 @@ static void on_conn_writable(struct conn *c)
         if (c->ssl && !alpn_is_h2(c)) {
             log_warn("upstream %s: %s did not select \"h2\" by ALPN", s->cfg->name,
                      s->target->name);
-            session_fail(s, H2_FAIL_CONNECT, 502, "the upstream does not offer HTTP/2 (ALPN)");
+            session_fail(s, UPSTREAM_FAIL_CONNECT, 502,
+                         "the upstream does not offer HTTP/2 (ALPN)");
             leave(s);
             return;
         }
-        for (struct h2_stream *st = s->streams, *next; st; st = next) {
+        for (struct h2_upstream_stream *st = s->streams, *next; st; st = next) {
             next = st->next;
             if (st->id == 0 && !st->refused) {
                 submit(s, st);
-                st->events->on_connected(st->owner);
+                st->events->on_phase(st->owner, UPSTREAM_SENT);
             }
         }
     }
@@ -620,15 +628,15 @@ static void on_conn_error(struct conn *c, int err)
     struct h2_session *s = c->owner;
     enter(s);
     if (s->connected) {
-        session_fail(s, H2_FAIL_RESET, 502, "the upstream reset the connection");
+        session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream reset the connection");
     } else if (c->tls_failed) {
         char why[256];
         tls_describe_failure(c, why, sizeof why);
         log_warn("upstream %s: TLS handshake with %s failed: %s", s->cfg->name, s->target->name,
                  why);
-        session_fail(s, H2_FAIL_CONNECT, 502, "the TLS handshake with the upstream failed");
+        session_fail(s, UPSTREAM_FAIL_CONNECT, 502, "the TLS handshake with the upstream failed");
     } else {
-        session_fail(s, H2_FAIL_CONNECT, 502, "the upstream refused the connection");
+        session_fail(s, UPSTREAM_FAIL_CONNECT, 502, "the upstream refused the connection");
     }
     leave(s);
 }
@@ -651,7 +659,7 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct h2_session *s = arg;
     enter(s);
-    session_fail(s, H2_FAIL_CONNECT, 504, "connecting to the upstream timed out");
+    session_fail(s, UPSTREAM_FAIL_CONNECT, 504, "connecting to the upstream timed out");
     leave(s);
 }
 
@@ -660,7 +668,7 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
  * it. The session itself is freed by leave() (or by the caller when nothing
  * of it is on the stack).
  */
-static void session_fail(struct h2_session *s, enum http2_client_failure why, int status,
+static void session_fail(struct h2_session *s, enum upstream_failure why, int status,
                          const char *message)
 {
     if (s->dead)
@@ -668,15 +676,15 @@ static void session_fail(struct h2_session *s, enum http2_client_failure why, in
     s->dead = true;
     event_del(s->timer);
     unlink_from_pool(s);
-    struct h2_stream *st;
+    struct h2_upstream_stream *st;
     while ((st = s->streams) != NULL) {
         detach(st);
         st->closed = true;
-        enum http2_client_failure w = why;
+        enum upstream_failure w = why;
         /* The request never left, or a reused connection went silent after it (like a
          * stale keep-alive connection, SPEC 2.3): safe to send elsewhere. */
-        if (w == H2_FAIL_RESET && (!st->sent || (s->ended && st->heard == s->frames_in)))
-            w = H2_FAIL_REFUSED;
+        if (w == UPSTREAM_FAIL_AFTER_SEND && (!st->sent || (s->ended && st->heard == s->frames_in)))
+            w = UPSTREAM_FAIL_STALE;
         st->events->on_fail(st->owner, w, status, message);
     }
 }
@@ -765,6 +773,7 @@ static struct h2_session *session_new(struct event_base *base, struct target *t,
     if (p->h2)
         p->h2->prev = s;
     p->h2 = s;
+    p->close_sessions = close_sessions;
     p->num_open++;
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
@@ -795,23 +804,31 @@ static struct h2_session *pick(struct pool *p, const struct upstream_config *cfg
     return NULL;
 }
 
-/* ---- the API ------------------------------------------------------------------ */
+/* ---- the codec's operations ------------------------------------------------------- */
 
-struct h2_stream *http2_client_open(struct exchange *x, struct target *t,
-                                    const struct upstream_config *cfg,
-                                    const struct http2_stream_events *events, void *owner,
-                                    bool *connecting)
+static struct h2_upstream_stream *from_base(struct upstream_stream *b)
+{
+    return (struct h2_upstream_stream *)(void *)b; /* base is the first member */
+}
+
+static struct upstream_stream *h2_open(struct target *t, const struct upstream_config *cfg,
+                                       const struct upstream_request *rq,
+                                       struct upstream_response *resp,
+                                       const struct upstream_events *events, void *owner,
+                                       enum upstream_phase *phase)
 {
     struct h2_session *s = pick(&t->pool, cfg);
     if (!s)
-        s = session_new(x->worker->base, t, cfg);
+        s = session_new(t->upstream->base, t, cfg);
     if (!s)
         return NULL;
-    struct h2_stream *st = arena_calloc(x->arena, sizeof *st);
-    st->x = x;
+    struct h2_upstream_stream *st = arena_calloc(rq->arena, sizeof *st);
+    st->base.ops = &http2_client_codec;
+    st->rq = rq;
+    st->resp = resp;
     st->events = events;
     st->owner = owner;
-    st->has_body = x->req_has_body;
+    st->has_body = rq->has_body;
     st->body = evbuffer_new();
     st->data = evbuffer_new();
     if (!st->body || !st->data) {
@@ -819,17 +836,18 @@ struct h2_stream *http2_client_open(struct exchange *x, struct target *t,
         abort();
     }
     attach(s, st);
-    *connecting = !s->connected;
+    *phase = s->connected ? UPSTREAM_SENT : UPSTREAM_CONNECTING;
     if (s->connected)
         submit(s, st);
     schedule(s);
-    return st;
+    return &st->base;
 }
 
-void http2_client_body(struct h2_stream *st, struct evbuffer *data, bool end)
+static void h2_send_body(struct upstream_stream *b, struct evbuffer *data, bool end)
 {
+    struct h2_upstream_stream *st = from_base(b);
     if (data && evbuffer_get_length(data)) {
-        if (st->has_body)
+        if (st->has_body && st->body)
             evbuffer_add_buffer(st->body, data);
         else
             evbuffer_drain(data, evbuffer_get_length(data));
@@ -846,13 +864,15 @@ void http2_client_body(struct h2_stream *st, struct evbuffer *data, bool end)
     }
 }
 
-size_t http2_client_body_pending(const struct h2_stream *st)
+static size_t h2_body_pending(const struct upstream_stream *b)
 {
-    return evbuffer_get_length(st->body);
+    const struct h2_upstream_stream *st = (const struct h2_upstream_stream *)(const void *)b;
+    return st->body ? evbuffer_get_length(st->body) : 0;
 }
 
-void http2_client_pause(struct h2_stream *st, bool pause)
+static void h2_pause(struct upstream_stream *b, bool pause)
 {
+    struct h2_upstream_stream *st = from_base(b);
     st->paused = pause;
     struct h2_session *s = st->session;
     if (pause || !s || !st->unconsumed)
@@ -862,10 +882,9 @@ void http2_client_pause(struct h2_stream *st, bool pause)
     schedule(s);
 }
 
-void http2_client_close(struct h2_stream *st)
+static void h2_cancel(struct upstream_stream *b)
 {
-    if (!st)
-        return;
+    struct h2_upstream_stream *st = from_base(b);
     struct h2_session *s = st->session;
     if (s) {
         detach(st);
@@ -882,13 +901,25 @@ void http2_client_close(struct h2_stream *st)
     st->body = st->data = NULL;
 }
 
-void http2_client_pool_close(struct pool *p)
+/* Closes every HTTP/2 connection of a pool (its target is going away): pool_close_all. */
+static void close_sessions(struct pool *p)
 {
     while (p->h2) {
         struct h2_session *s = p->h2;
-        session_fail(s, H2_FAIL_RESET, 502, "the upstream is going away");
+        session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream is going away");
         /* Freed here unless one of its callbacks is on the stack (leave() frees it then). */
         if (s->busy == 0)
             session_free(s);
     }
 }
+
+const struct upstream_codec_ops http2_client_codec = {
+    .name = "h2",
+    .te_trailers = true,
+    .head_then_body = false,
+    .open = h2_open,
+    .send_body = h2_send_body,
+    .body_pending = h2_body_pending,
+    .pause = h2_pause,
+    .cancel = h2_cancel,
+};

@@ -5,8 +5,6 @@
 
 #include <event2/buffer.h>
 
-#include "upstream/http2_client.h"
-
 void pool_init(struct pool *p)
 {
     p->idle = NULL;
@@ -14,6 +12,7 @@ void pool_init(struct pool *p)
     p->num_open = 0;
     p->wait_head = p->wait_tail = NULL;
     p->h2 = NULL;
+    p->close_sessions = NULL;
 }
 
 static void idle_unlink(struct upconn *uc)
@@ -122,8 +121,8 @@ void pool_release(struct upconn *uc, int keepalive)
 
 void pool_close_all(struct pool *p)
 {
-    if (p->h2)
-        http2_client_pool_close(p);
+    if (p->h2 && p->close_sessions)
+        p->close_sessions(p);
     while (p->idle)
         pool_close_conn(p->idle);
     while (p->wait_head) {

@@ -5,6 +5,9 @@
  *
  * Owns: the idle upstream connections (closing them on pool_close_all, or
  * when the upstream closes one while it sits idle) and the waiter links.
+ * A multiplexing codec (upstream/http2_client) keeps its sessions in `h2`
+ * and registers `close_sessions`, which pool_close_all calls: the pool
+ * never calls into a codec it does not know.
  * Promises: at most `keepalive` idle connections are kept (the most recently
  * used are reused first, so the rest can age out at the upstream); a waiter
  * is called back exactly once: with a slot, or NULL when the pool closes.
@@ -21,7 +24,6 @@
 
 struct h2_session;
 struct pool;
-struct proxy;
 struct target;
 
 /* One connection to an upstream target. */
@@ -31,8 +33,8 @@ struct upconn {
     struct pool *pool;
     struct upconn *next; /* idle list links */
     struct upconn *prev;
-    struct proxy *user; /* the exchange's proxy using it; NULL while idle */
-    unsigned requests;  /* requests sent on it so far */
+    void *user;        /* the codec's stream using it; NULL while idle */
+    unsigned requests; /* requests sent on it so far */
 };
 
 /* An exchange waiting for a free connection slot. */
@@ -51,13 +53,15 @@ struct pool {
     struct pool_waiter *wait_head;
     struct pool_waiter *wait_tail;
     struct h2_session *h2; /* HTTP/2 connections (http2_client.c), counted in num_open */
+    /* Closes the sessions in h2; set by the codec that keeps them there. NULL: none. */
+    void (*close_sessions)(struct pool *p);
 };
 
 void pool_init(struct pool *p);
 
 /* Closes every idle connection and fails every waiter. Busy connections are
  * left to their exchanges, which close them when they end. HTTP/2 connections
- * are closed too (http2_client_pool_close). */
+ * are closed too (through close_sessions). */
 void pool_close_all(struct pool *p);
 
 /* Takes the most recently used idle connection, or NULL. */

@@ -209,6 +209,22 @@ def test_upstream_reset_mid_body_cuts_the_client_off(sluice, h2_backend):
     assert not data.endswith(b"0\r\n\r\n"), data  # no clean end of the chunked body
 
 
+def test_cut_transfer_is_logged_with_its_error(sluice, h2_backend, tmp_path):
+    """A response cut off after its head is logged with the gateway's error, never as a
+    clean 200 (SPEC 7 "slow readers": a cut transfer is logged with its error)."""
+    b = h2_backend()
+    log = tmp_path / "access.log"
+    s = sluice({"workers": 1, "access_log": {"path": str(log)},
+                "upstreams": {"g": h2_upstream(b.address, retries=0)},
+                "routes": [{"upstream": "g"}]})
+    with RawConn(s.port, timeout=5) as c:
+        c.send(b"GET /rst-mid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.read_all().startswith(b"HTTP/1.1 200")
+    wait_until(lambda: log.exists() and log.read_text().strip(), what="the access log line")
+    line = json.loads(log.read_text().splitlines()[0])
+    assert line["status"] == 200 and line["error"] == "bad_gateway", line
+
+
 def test_refused_stream_is_retried(sluice, h2_backend):
     b = h2_backend()
     s = gateway(sluice, b, retries=0)

@@ -1,12 +1,13 @@
 """SPEC 2.3, 3.2, 7: upstream failures, retries, passive health, DNS,
 balancing, connection caps."""
 import http.client
+import json
 import threading
 import time
 from collections import Counter
 
 from conftest import (ServerSide, assert_gateway_error, conn_request, free_port, http_response,
-                      request, upstream)
+                      request, upstream, wait_until)
 
 
 def route_to(name):
@@ -204,3 +205,87 @@ def test_max_connections_queues_requests(sluice, backend):
     assert results == [200] * 5, results
     assert b.max_active == 1
     assert b.connections == 1
+
+
+# --------------------------------------------------------------------------
+# A chunked response whose first chunk size is garbage (issue 7): a 502 when
+# nothing went out yet, else the head and a visibly cut body; logged with an
+# error either way, never as a clean 200.
+
+BAD_CHUNK_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def access_log_lines(path, n, timeout=5.0):
+    """The first n JSON lines of the access log (written from another thread)."""
+    def ready():
+        try:
+            return len(path.read_text().splitlines()) >= n
+        except OSError:
+            return False
+
+    wait_until(ready, timeout, what=f"{n} access log line(s)")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def bad_chunk_gateway(sluice, raw_backend, tmp_path, handler, listen=None):
+    rb = raw_backend(handler)
+    cfg = {"workers": 1, "access_log": {"path": str(tmp_path / "access.log")},
+           "upstreams": {"raw": upstream(rb.address, retries=0)}, "routes": route_to("raw")}
+    if listen:
+        cfg["listen"] = [listen]
+    return sluice(cfg), tmp_path / "access.log"
+
+
+def garbage_with_head(conn, backend):
+    ServerSide(conn).read_request(backend)
+    conn.sendall(BAD_CHUNK_HEAD + b"zz\r\n")  # one write: one read at the gateway
+    time.sleep(0.5)
+
+
+def garbage_after_head(conn, backend):
+    ServerSide(conn).read_request(backend)
+    conn.sendall(BAD_CHUNK_HEAD + b"5\r\nhello\r\n")
+    time.sleep(0.3)  # the head and the first chunk go out to the client meanwhile
+    conn.sendall(b"zz\r\n")
+    time.sleep(0.5)
+
+
+def test_bad_first_chunk_with_the_head_is_502(sluice, raw_backend, tmp_path):
+    s, log = bad_chunk_gateway(sluice, raw_backend, tmp_path, garbage_with_head)
+    assert_gateway_error(s.request("GET", "/"), 502)
+    (line,) = access_log_lines(log, 1)
+    assert line["status"] == 502 and line["error"] == "bad_gateway", line
+
+
+def test_bad_chunk_after_the_head_cuts_the_body(sluice, raw_backend, tmp_path):
+    s, log = bad_chunk_gateway(sluice, raw_backend, tmp_path, garbage_after_head)
+    with s.raw() as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = c.read_all()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    assert b"transfer-encoding: chunked" in head.lower(), data
+    assert body == b"5\r\nhello\r\n", data  # no last chunk: visibly cut
+    (line,) = access_log_lines(log, 1)
+    assert line["status"] == 200 and line["error"] == "bad_gateway", line
+
+
+def test_bad_first_chunk_over_h2_is_502_or_reset(sluice, raw_backend, tmp_path):
+    from test_21_http2 import H2Client, h2c_listener
+
+    s, log = bad_chunk_gateway(sluice, raw_backend, tmp_path, garbage_with_head,
+                               listen=h2c_listener())
+    with H2Client(s.port) as c:
+        st = c.request("GET", "/")
+    assert st.status == "502" and st.ended, (st.status, st.reset)
+    assert json.loads(bytes(st.body))["error"] == "bad_gateway"
+
+    (tmp_path / "cut").mkdir()
+    s, log = bad_chunk_gateway(sluice, raw_backend, tmp_path / "cut", garbage_after_head,
+                               listen=h2c_listener())
+    with H2Client(s.port) as c:
+        st = c.request("GET", "/")
+    assert st.status == "200" and bytes(st.body) == b"hello", (st.status, bytes(st.body))
+    assert not st.ended and st.reset is not None, "the stream must be reset, not ended"
+    (line,) = access_log_lines(log, 1)
+    assert line["status"] == 200 and line["error"] == "bad_gateway", line

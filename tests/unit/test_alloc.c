@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "conf/config.h"
+#include "core/proxy.h"
 #include "test.h"
 #include "core/worker.h"
 #include "server/codecs.h"
@@ -189,6 +190,7 @@ int main(void)
         return test_done();
     config_current_set(s);
     listener_set_codecs(&server_codecs);
+    proxy_register();
     struct worker *w = worker_new(0, s);
     ok(w && worker_start(w) == 0, "worker starts");
 

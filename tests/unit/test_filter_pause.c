@@ -22,6 +22,7 @@
 #include "base/deadline.h"
 #include "conf/config.h"
 #include "core/exchange.h"
+#include "core/proxy.h"
 #include "core/worker.h"
 #include "test.h"
 
@@ -266,6 +267,7 @@ static bool body_has(const char *needle)
 
 int main(void)
 {
+    proxy_register(); /* the exchange's upstream side, as main.c does */
     if (!mkdtemp(dir))
         return 1;
     struct snapshot *s = load();
