@@ -110,24 +110,6 @@ static void collect_names(struct tls_cert *c, X509 *x)
 
 /* ---- config helpers ------------------------------------------------------------ */
 
-static size_t push(struct config_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static size_t push(struct config_error *err, const char *fmt, ...)
-{
-    size_t len = strlen(err->path);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->path + len, sizeof err->path - len, fmt, ap);
-    va_end(ap);
-    return len;
-}
-
-static void pop(struct config_error *err, size_t len)
-{
-    err->path[len] = '\0';
-}
-
 /* obj[key] as a non-empty string; NULL (and an error when `required` or mistyped). */
 static const char *get_str(struct config_error *err, const json_t *obj, const char *key,
                            bool required, const char *example)
@@ -335,7 +317,7 @@ static void build_alpn(struct config_error *err, struct tls_server *ts, const js
     json_t *p;
     json_array_foreach(protocols, i, p)
     {
-        size_t mark = push(err, "[%zu]", i);
+        size_t mark = config_path_push_index(err, i);
         const char *name = json_string_value(p);
         if (!name) {
             config_error_add(err, "", "must be a string, e.g. \"http/1.1\"");
@@ -357,7 +339,7 @@ static void build_alpn(struct config_error *err, struct tls_server *ts, const js
                 ts->alpn_len += (unsigned)strlen(name);
             }
         }
-        pop(err, mark);
+        config_path_pop(err, mark);
     }
 }
 
@@ -371,33 +353,33 @@ struct tls_server *tls_server_build(struct config_error *err, const json_t *v,
         config_error_add(
             err, ".protocols",
             "a TLS listener takes its ALPN list from tls.protocols: give it there only");
-    size_t mark = push(err, ".tls");
+    size_t mark = config_path_push(err, ".tls");
     if (!json_is_object(v)) {
         config_error_add(
             err, "",
             "must be an object, e.g. {\"certificates\": [{\"cert\": \"certs/api.pem\", "
             "\"key\": \"certs/api.key\"}]}");
-        pop(err, mark);
+        config_path_pop(err, mark);
         return NULL;
     }
     config_check_keys(err, v, keys);
     struct tls_server *ts = calloc(1, sizeof *ts);
     if (!ts) {
         config_error_add(err, "", "out of memory");
-        pop(err, mark);
+        config_path_pop(err, mark);
         return NULL;
     }
     int min_version = min_version_of(err, v);
     if (json_object_get(v, "protocols")) {
-        size_t m2 = push(err, ".protocols");
+        size_t m2 = config_path_push(err, ".protocols");
         build_alpn(err, ts, json_object_get(v, "protocols"));
-        pop(err, m2);
+        config_path_pop(err, m2);
     } else if (protocols) {
-        pop(err, mark);
-        size_t m2 = push(err, ".protocols");
+        config_path_pop(err, mark);
+        size_t m2 = config_path_push(err, ".protocols");
         build_alpn(err, ts, protocols);
-        pop(err, m2);
-        push(err, ".tls");
+        config_path_pop(err, m2);
+        config_path_push(err, ".tls");
     } else {
         memcpy(ts->alpn, "\x08http/1.1", 9);
         ts->alpn_len = 9;
@@ -420,9 +402,10 @@ struct tls_server *tls_server_build(struct config_error *err, const json_t *v,
             config_error_add(err, "", "out of memory");
         }
         for (size_t i = 0; i < ts->num_certs; i++) {
-            size_t m2 = push(err, ".certificates[%zu]", i);
+            size_t m2 = config_path_push(err, ".certificates");
+            config_path_push_index(err, i);
             load_cert(err, ts, i, json_array_get(certs, i), min_version);
-            pop(err, m2);
+            config_path_pop(err, m2);
         }
     }
     if (client_ca && err->count == errors) {
@@ -440,7 +423,7 @@ struct tls_server *tls_server_build(struct config_error *err, const json_t *v,
         }
         free(path);
     }
-    pop(err, mark);
+    config_path_pop(err, mark);
     if (err->count != errors) {
         tls_server_free(ts);
         return NULL;
@@ -489,17 +472,17 @@ struct tls_client *tls_client_build(struct config_error *err, const json_t *v)
     static const char *const keys[] = {"verify", "ca", "server_name", NULL};
     pthread_once(&session_slot_once, make_session_slot);
     size_t errors = err->count;
-    size_t mark = push(err, ".tls");
+    size_t mark = config_path_push(err, ".tls");
     if (!json_is_object(v)) {
         config_error_add(err, "",
                          "must be an object, e.g. {\"verify\": true, \"ca\": \"certs/ca.pem\"}");
-        pop(err, mark);
+        config_path_pop(err, mark);
         return NULL;
     }
     config_check_keys(err, v, keys);
     struct tls_client *tc = calloc(1, sizeof *tc);
     if (!tc) {
-        pop(err, mark);
+        config_path_pop(err, mark);
         return NULL;
     }
     tc->verify = true;
@@ -541,7 +524,7 @@ struct tls_client *tls_client_build(struct config_error *err, const json_t *v)
         }
     }
     ERR_clear_error();
-    pop(err, mark);
+    config_path_pop(err, mark);
     if (err->count != errors) {
         tls_client_free(tc);
         return NULL;

@@ -21,6 +21,7 @@
 #include "upstream/balance.h"
 #include "conf/config.h"
 #include "upstream/health.h"
+#include "net/addr.h"
 #include "net/tls.h"
 #include "base/clock.h"
 #include "base/log.h"
@@ -117,27 +118,6 @@ void upstream_health_table_free(void)
     }
 }
 
-/* "10.0.0.3:8080" or "[::1]:8080"; false for other families. */
-static bool format_name(const struct sockaddr *sa, char *out, size_t size)
-{
-    char ip[INET6_ADDRSTRLEN];
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-        if (!inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip)))
-            return false;
-        snprintf(out, size, "%s:%u", ip, ntohs(sin->sin_port));
-        return true;
-    }
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
-        if (!inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip)))
-            return false;
-        snprintf(out, size, "[%s]:%u", ip, ntohs(sin6->sin6_port));
-        return true;
-    }
-    return false;
-}
-
 /* Copies `sa` with the configured port; false for families other than IPv4/6. */
 static bool make_addr(const struct sockaddr *sa, uint16_t port, struct sockaddr_storage *out,
                       socklen_t *outlen)
@@ -200,7 +180,7 @@ static struct target *add_target(struct upstream_rt *u, const struct target_conf
     if (!t)
         goto fail;
     if (!make_addr(sa, tc->port, &t->addr, &t->addrlen) ||
-        !format_name((const struct sockaddr *)&t->addr, t->name, sizeof(t->name)))
+        !addr_format((const struct sockaddr *)&t->addr, t->name, sizeof(t->name)))
         goto fail;
     t->health = health_lookup(u->cfg->name, t->name);
     if (!t->health || !grow_targets(u))
@@ -244,7 +224,7 @@ static void apply_addresses(struct resolver *r, const struct evutil_addrinfo *re
         struct sockaddr_storage ss;
         socklen_t len;
         if (!ai->ai_addr || !make_addr(ai->ai_addr, r->config->port, &ss, &len) ||
-            !format_name((const struct sockaddr *)&ss, name, sizeof(name)))
+            !addr_format((const struct sockaddr *)&ss, name, sizeof(name)))
             continue;
         struct target *t = find_target(u, r->config, name);
         if (!t)
