@@ -224,6 +224,7 @@ struct owner {
     struct upstream_stream *s;
     const char *body; /* given to send_body once the head may go, or no body */
     bool note_last;   /* body events note ",last" on the last one */
+    bool check_taken; /* checks that send_body took all of the body */
     bool done;
 };
 
@@ -236,7 +237,8 @@ static inline void owner_on_phase(void *arg, enum upstream_phase phase)
         if (o->body)
             evbuffer_add(b, o->body, strlen(o->body));
         o->s->ops->send_body(o->s, b, true); /* no body: the head goes out */
-        ok(evbuffer_get_length(b) == 0, "send_body takes the bytes");
+        if (o->check_taken)
+            ok(evbuffer_get_length(b) == 0, "send_body takes the bytes");
         evbuffer_free(b);
     }
 }
