@@ -21,10 +21,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "conf/config.h"
 #include "core/proxy.h"
-#include "test.h"
-#include "core/worker.h"
+#include "harness.h"
 #include "server/codecs.h"
 
 static atomic_long allocations;
@@ -170,21 +168,13 @@ int main(void)
     char dir[] = "/tmp/sluice-test-alloc-XXXXXX";
     if (!mkdtemp(dir))
         return 1;
-    char path[256];
-    snprintf(path, sizeof path, "%s/sluice.json", dir);
-    FILE *f = fopen(path, "w");
-    fprintf(f,
-            "{\"workers\": 1, \"access_log\": {\"path\": \"off\"},\n"
-            " \"listen\": [{\"address\": \"127.0.0.1:%u\"}],\n"
-            " \"upstreams\": {\"b\": {\"targets\": [\"127.0.0.1:%u\"]}},\n"
-            " \"routes\": [{\"upstream\": \"b\"}]}\n",
-            gateway_port, backend_port);
-    fclose(f);
-    struct config_error err = {0};
-    struct snapshot *s = config_load(path, &err);
-    for (size_t i = 0; i < err.count; i++)
-        printf("config: %s\n", err.messages[i]);
-    config_error_clear(&err);
+    struct snapshot *s =
+        config_from_file(dir,
+                         "{\"workers\": 1, \"access_log\": {\"path\": \"off\"},\n"
+                         " \"listen\": [{\"address\": \"127.0.0.1:%u\"}],\n"
+                         " \"upstreams\": {\"b\": {\"targets\": [\"127.0.0.1:%u\"]}},\n"
+                         " \"routes\": [{\"upstream\": \"b\"}]}\n",
+                         gateway_port, backend_port);
     ok(s != NULL, "config loads");
     if (!s)
         return test_done();
@@ -226,7 +216,6 @@ int main(void)
     close(backend_fd);
     pthread_join(backend_thread, NULL);
     config_current_set(NULL);
-    unlink(path);
-    rmdir(dir);
+    config_file_remove(dir);
     return test_done();
 }

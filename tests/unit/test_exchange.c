@@ -10,67 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/event.h>
-
-#include "base/deadline.h"
-#include "conf/config.h"
-#include "core/exchange.h"
-#include "test.h"
-#include "core/worker.h"
-
-static char trace[1024];
-
-static void note(const char *s)
-{
-    size_t n = strlen(trace);
-    snprintf(trace + n, sizeof trace - n, "%s ", s);
-}
-
-/* ---- a recording client side -------------------------------------------- */
-
-static struct evbuffer *sent_body;
-static int sent_status;
-
-static void c_head(struct exchange *x)
-{
-    char s[32];
-    snprintf(s, sizeof s, "head(%d)", x->status);
-    sent_status = x->status;
-    note(s);
-}
-static void c_body(struct exchange *x, struct evbuffer *data)
-{
-    evbuffer_add_buffer(sent_body, data);
-    note("body");
-}
-static void c_end(struct exchange *x)
-{
-    note("end");
-}
-static void c_pause(struct exchange *x, bool pause)
-{
-    note(pause ? "pause" : "resume");
-}
-static size_t c_pending(struct exchange *x)
-{
-    return 0;
-}
-static void c_abort(struct exchange *x)
-{
-    note("abort");
-}
-
-static const struct exchange_side_ops client_ops = {
-    .send_head = c_head,
-    .send_body = c_body,
-    .send_end = c_end,
-    .pause_body = c_pause,
-    .pending = c_pending,
-    .abort = c_abort,
-};
+#include "harness.h"
 
 /* ---- test filters: the instance is the filter's letter and behaviour ------- */
 
@@ -133,22 +74,12 @@ static const struct filter_type test_type = {
 
 static struct snapshot *load(const char *dir)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/sluice.json", dir);
-    FILE *f = fopen(path, "w");
-    fputs("{\"workers\": 1, \"listen\": [{\"address\": \"127.0.0.1:18999\"}],\n"
-          " \"access_log\": {\"path\": \"off\"},\n"
-          " \"routes\": [{\"name\": \"r\", \"match\": {\"prefix\": \"/r\"},\n"
-          "              \"filters\": [{\"type\": \"headers\"}],\n"
-          "              \"respond\": {\"status\": 200, \"body\": \"fine\"}}]}\n",
-          f);
-    fclose(f);
-    struct config_error err = {0};
-    struct snapshot *s = config_load(path, &err);
-    for (size_t i = 0; i < err.count; i++)
-        printf("config: %s\n", err.messages[i]);
-    config_error_clear(&err);
-    return s;
+    return config_from_file(
+        dir, "{\"workers\": 1, \"listen\": [{\"address\": \"127.0.0.1:18999\"}],\n"
+             " \"access_log\": {\"path\": \"off\"},\n"
+             " \"routes\": [{\"name\": \"r\", \"match\": {\"prefix\": \"/r\"},\n"
+             "              \"filters\": [{\"type\": \"headers\"}],\n"
+             "              \"respond\": {\"status\": 200, \"body\": \"fine\"}}]}\n");
 }
 
 /* Replaces a filter list (global or the route's) with test filters. */
@@ -166,26 +97,13 @@ static void set_filters(struct filter_instance **list, size_t *n, struct behavio
     *n = count;
 }
 
-static struct exchange side_holder;
-static struct exchange_side side = {&client_ops};
-
 static struct exchange *request(struct worker *w, const char *target)
 {
-    trace[0] = '\0';
-    sent_status = 0;
-    evbuffer_drain(sent_body, evbuffer_get_length(sent_body));
-    struct exchange *x = exchange_new(w, &side);
-    x->method = SLICE_LIT("GET");
-    x->target = slice_cstr(target);
-    x->host = SLICE_LIT("example.test");
-    snprintf(x->remote_addr, sizeof x->remote_addr, "127.0.0.1");
-    x->req_body_done = true;
-    return x;
+    return client_exchange(w, "GET", target);
 }
 
 int main(void)
 {
-    (void)side_holder;
     char dir[] = "/tmp/sluice-test-exchange-XXXXXX";
     if (!mkdtemp(dir))
         return 1;
@@ -199,13 +117,8 @@ int main(void)
     set_filters(&s->routes[0].filters, &s->routes[0].num_filters, route, 1);
     config_current_set(s);
 
-    sent_body = evbuffer_new();
-    struct worker *w = calloc(1, sizeof *w);
-    w->base = event_base_new();
-    w->deadlines = deadlines_new(w->base);
-    w->notify_fd = -1;
-    w->rng[0] = 1;
-    w->rng[1] = 2;
+    sent.trace_flow = true;
+    struct worker *w = bare_worker_new();
 
     /* Global before route, response filters in reverse. */
     exchange_start(request(w, "/r"));
@@ -216,8 +129,8 @@ int main(void)
     global[1].respond_status = 403;
     exchange_start(request(w, "/r"));
     is_str(trace, "A> B> <B <A head(403) body end ");
-    size_t len = evbuffer_get_length(sent_body);
-    char *body = (char *)evbuffer_pullup(sent_body, -1);
+    size_t len = evbuffer_get_length(sent.body);
+    char *body = (char *)evbuffer_pullup(sent.body, -1);
     ok(len && strstr(body, "\"status\": 403, \"error\": \"forbidden\""), "SPEC 3.2 JSON body");
     ok(len && strstr(body, "\"request_id\": \""), "the JSON body carries the request id");
 
@@ -250,18 +163,15 @@ int main(void)
     global[1].verdict = FILTER_CONTINUE;
     exchange_start(request(w, "/nowhere"));
     is_str(trace, "A> B> <B <A head(404) body end ");
-    is_int(sent_status, 404);
+    is_int(sent.status, 404);
 
     /* A target that normalises above the root is a 400 before routing. */
     exchange_start(request(w, "/../etc"));
     is_str(trace, "head(400) body end ");
 
     worker_join_free(w);
-    evbuffer_free(sent_body);
+    evbuffer_free(sent.body);
     config_current_set(NULL);
-    char path[600];
-    snprintf(path, sizeof path, "%s/sluice.json", dir);
-    unlink(path);
-    rmdir(dir);
+    config_file_remove(dir);
     return test_done();
 }

@@ -19,63 +19,8 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-#include "base/deadline.h"
-#include "conf/config.h"
-#include "core/exchange.h"
 #include "core/proxy.h"
-#include "core/worker.h"
-#include "test.h"
-
-static char trace[1024];
-
-static void note(const char *s)
-{
-    size_t n = strlen(trace);
-    snprintf(trace + n, sizeof trace - n, "%s ", s);
-}
-
-/* ---- a recording client side -------------------------------------------- */
-
-static struct evbuffer *sent_body;
-static int done;
-
-static void c_head(struct exchange *x)
-{
-    char s[32];
-    snprintf(s, sizeof s, "head(%d)", x->status);
-    note(s);
-}
-static void c_body(struct exchange *x, struct evbuffer *data)
-{
-    evbuffer_add_buffer(sent_body, data);
-}
-static void c_end(struct exchange *x)
-{
-    note("end");
-    done++;
-}
-static void c_pause(struct exchange *x, bool pause)
-{
-}
-static size_t c_pending(struct exchange *x)
-{
-    return 0;
-}
-static void c_abort(struct exchange *x)
-{
-    note("abort");
-    done++;
-}
-
-static const struct exchange_side_ops client_ops = {
-    .send_head = c_head,
-    .send_body = c_body,
-    .send_end = c_end,
-    .pause_body = c_pause,
-    .pending = c_pending,
-    .abort = c_abort,
-};
-static struct exchange_side side = {&client_ops};
+#include "harness.h"
 
 /* ---- the test filter ------------------------------------------------------ */
 
@@ -205,64 +150,41 @@ static char dir[] = "/tmp/sluice-test-filter-pause-XXXXXX";
 
 static struct snapshot *load(void)
 {
-    char path[512];
-    snprintf(path, sizeof path, "%s/sluice.json", dir);
-    FILE *f = fopen(path, "w");
     /* Port 9 (discard) on loopback: nothing listens, the connect fails later. */
-    fputs("{\"workers\": 1, \"listen\": [{\"address\": \"127.0.0.1:18998\"}],\n"
-          " \"access_log\": {\"path\": \"off\"},\n"
-          " \"upstreams\": {\"u\": {\"targets\": [\"127.0.0.1:9\"], \"retries\": 0}},\n"
-          " \"routes\": [{\"name\": \"r\", \"match\": {\"prefix\": \"/r\"},\n"
-          "              \"respond\": {\"status\": 200, \"body\": \"fine\"}},\n"
-          "             {\"name\": \"up\", \"match\": {\"prefix\": \"/up\"}, \"upstream\": "
-          "\"u\"}]}\n",
-          f);
-    fclose(f);
-    struct config_error err = {0};
-    struct snapshot *s = config_load(path, &err);
-    for (size_t i = 0; i < err.count; i++)
-        printf("config: %s\n", err.messages[i]);
-    config_error_clear(&err);
-    return s;
+    return config_from_file(
+        dir, "{\"workers\": 1, \"listen\": [{\"address\": \"127.0.0.1:18998\"}],\n"
+             " \"access_log\": {\"path\": \"off\"},\n"
+             " \"upstreams\": {\"u\": {\"targets\": [\"127.0.0.1:9\"], \"retries\": 0}},\n"
+             " \"routes\": [{\"name\": \"r\", \"match\": {\"prefix\": \"/r\"},\n"
+             "              \"respond\": {\"status\": 200, \"body\": \"fine\"}},\n"
+             "             {\"name\": \"up\", \"match\": {\"prefix\": \"/up\"}, \"upstream\": "
+             "\"u\"}]}\n");
 }
 
 static struct behaviour behaviour;
 
 static struct exchange *request(struct worker *w, const char *target)
 {
-    trace[0] = '\0';
-    done = 0;
     cancelled = 0;
     resumed_async = 0;
     context_seen = NULL;
-    evbuffer_drain(sent_body, evbuffer_get_length(sent_body));
-    struct exchange *x = exchange_new(w, &side);
-    x->method = SLICE_LIT("GET");
-    x->target = slice_cstr(target);
-    x->host = SLICE_LIT("example.test");
-    snprintf(x->remote_addr, sizeof x->remote_addr, "127.0.0.1");
-    x->req_body_done = true;
-    return x;
+    return client_exchange(w, "GET", target);
+}
+
+/* The exchange ended, by its end or an abort. */
+static int done(void)
+{
+    return sent.ends + sent.aborts;
 }
 
 /* Turns the loop until the exchange is done or `ms` passed. */
 static void run_loop(struct worker *w, int ms)
 {
-    for (int i = 0; i < ms && !done; i++) {
+    for (int i = 0; i < ms && !done(); i++) {
         event_base_loop(w->base, EVLOOP_NONBLOCK);
-        if (!done)
+        if (!done())
             usleep(1000);
     }
-}
-
-static bool body_has(const char *needle)
-{
-    size_t len = evbuffer_get_length(sent_body);
-    if (!len)
-        return false;
-    evbuffer_add(sent_body, "", 1);
-    bool found = strstr((char *)evbuffer_pullup(sent_body, -1), needle) != NULL;
-    return found;
 }
 
 int main(void)
@@ -283,13 +205,7 @@ int main(void)
     s->routes[0].timeout_ms = 50; /* the pause deadline of route "r" */
     config_current_set(s);
 
-    sent_body = evbuffer_new();
-    struct worker *w = calloc(1, sizeof *w);
-    w->base = event_base_new();
-    w->deadlines = deadlines_new(w->base);
-    w->notify_fd = -1;
-    w->rng[0] = 1;
-    w->rng[1] = 2;
+    struct worker *w = bare_worker_new();
 
     /* No pause: the context built with the worker's view reaches the filter. */
     behaviour.mode = MODE_CONTINUE;
@@ -318,7 +234,7 @@ int main(void)
     exchange_on_client_abort(x);
     run_loop(w, 100);
     is_str(trace, "P> returns ");
-    is_int(done, 0);
+    is_int(done(), 0);
 
     /* Asynchronous resume from a loop callback. */
     behaviour.mode = MODE_ASYNC;
@@ -346,7 +262,8 @@ int main(void)
     run_loop(w, 5000);
     is_str(trace, "P> <P head(504) end ");
     is_int(cancelled, 1);
-    ok(body_has("\"error\": \"gateway_timeout\""), "the deadline's answer is a 504 JSON error");
+    ok(sent_body_has("\"error\": \"gateway_timeout\""),
+       "the deadline's answer is a 504 JSON error");
 
     /* Never, and the client leaves: the deadline is cancelled with the arena. */
     x = request(w, "/r");
@@ -354,7 +271,7 @@ int main(void)
     exchange_on_client_abort(x);
     is_int(cancelled, 1);
     run_loop(w, 150);
-    is_int(done, 0);
+    is_int(done(), 0);
     is_str(trace, "P> ");
 
     /* Body hook: the body that came while the filters ran is checked before proxying. */
@@ -375,7 +292,7 @@ int main(void)
     evbuffer_add(x->req_body, "01234", 5);
     exchange_start(x);
     is_str(trace, "P> body(5) ");
-    is_int(done, 0);
+    is_int(done(), 0);
     evbuffer_add(x->req_body, "56789", 5);
     exchange_on_request_body(x);
     is_str(trace, "P> body(5) body(5) ");
@@ -415,11 +332,8 @@ int main(void)
 
     worker_join_free(w);
     is_int(contexts_freed, contexts_made);
-    evbuffer_free(sent_body);
+    evbuffer_free(sent.body);
     config_current_set(NULL);
-    char path[600];
-    snprintf(path, sizeof path, "%s/sluice.json", dir);
-    unlink(path);
-    rmdir(dir);
+    config_file_remove(dir);
     return test_done();
 }

@@ -6,24 +6,7 @@
 
 #include "base/arena.h"
 #include "base/header.h"
-#include "test.h"
-
-/* Renders the list as "Name: value|Name: value" for compact checks. */
-static const char *render(const struct header_list *l)
-{
-    static char out[1024];
-    size_t n = 0;
-    out[0] = '\0';
-    for (size_t i = 0; i < l->count; i++) {
-        int w = snprintf(out + n, sizeof(out) - n, "%s%.*s: %.*s", i ? "|" : "",
-                         (int)l->items[i].name.len, l->items[i].name.base,
-                         (int)l->items[i].value.len, l->items[i].value.base);
-        if (w < 0 || (size_t)w >= sizeof(out) - n)
-            break;
-        n += (size_t)w;
-    }
-    return out;
-}
+#include "harness.h"
 
 static void test_basics(void)
 {

@@ -10,91 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-#include <event2/buffer.h>
-#include <event2/event.h>
 
 #include "backend.h"
-#include "base/arena.h"
-#include "conf/config.h"
+#include "harness.h"
 #include "net/conn.h"
-#include "test.h"
 #include "upstream/http1_client.h"
-#include "upstream/pool.h"
-#include "upstream/upstream.h"
-
-static char trace[1024];
-
-static void note(const char *s)
-{
-    size_t n = strlen(trace);
-    snprintf(trace + n, sizeof trace - n, "%s ", s);
-}
-
-/* One request as its owner sees it. */
-struct owner {
-    struct arena *arena;
-    struct upstream_request rq;
-    struct upstream_response resp;
-    struct header_list headers;
-    struct upstream_stream *s;
-    bool done;
-};
-
-static void on_phase(void *arg, enum upstream_phase phase)
-{
-    struct owner *o = arg;
-    note(phase == UPSTREAM_SENT ? "sent" : phase == UPSTREAM_CONNECTING ? "connecting" : "queued");
-    if (phase == UPSTREAM_SENT) {
-        struct evbuffer *none = evbuffer_new();
-        o->s->ops->send_body(o->s, none, true); /* no body: the head goes out */
-        evbuffer_free(none);
-    }
-}
-static void on_head(void *arg)
-{
-    struct owner *o = arg;
-    char s[32];
-    snprintf(s, sizeof s, "head(%d)", o->resp.status);
-    note(s);
-}
-static void on_body(void *arg, struct evbuffer *data, bool last)
-{
-    char s[64];
-    size_t n = evbuffer_get_length(data);
-    snprintf(s, sizeof s, "body(%.*s%s)", (int)(n < 20 ? n : 20),
-             n ? (char *)evbuffer_pullup(data, -1) : "", last ? ",last" : "");
-    evbuffer_drain(data, n);
-    note(s);
-}
-static void on_end(void *arg)
-{
-    struct owner *o = arg;
-    note("end");
-    o->done = true;
-}
-static void on_fail(void *arg, enum upstream_failure why, int status, const char *message)
-{
-    struct owner *o = arg;
-    static const char *const kinds[] = {"connect", "stale", "after_send", "gone", "timeout"};
-    char s[64];
-    snprintf(s, sizeof s, "fail(%s,%d)", kinds[why], status);
-    note(s);
-    o->done = true;
-}
-static void on_body_drained(void *arg)
-{
-}
-
-static const struct upstream_events events = {
-    .on_phase = on_phase,
-    .on_head = on_head,
-    .on_body = on_body,
-    .on_end = on_end,
-    .on_fail = on_fail,
-    .on_body_drained = on_body_drained,
-};
 
 /* ---- fixture ------------------------------------------------------------- */
 
@@ -109,20 +29,13 @@ static struct upstream_config cfg = {
 
 static void target_init(struct target *t, unsigned short port)
 {
-    memset(t, 0, sizeof *t);
-    struct sockaddr_in *a = (struct sockaddr_in *)&t->addr;
-    a->sin_family = AF_INET;
-    a->sin_port = htons(port);
-    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    t->addrlen = sizeof *a;
-    t->upstream = &rt;
-    snprintf(t->name, sizeof t->name, "127.0.0.1:%u", port);
-    pool_init(&t->pool);
+    target_loopback(t, &rt, port);
 }
 
 static void owner_init(struct owner *o, const char *method, const char *path)
 {
     memset(o, 0, sizeof *o);
+    o->note_last = true;
     o->arena = arena_new(4096);
     header_list_init(&o->headers, o->arena, 4);
     header_add(&o->headers, SLICE_LIT("Host"), SLICE_LIT("up.test"));
@@ -138,25 +51,10 @@ static void owner_init(struct owner *o, const char *method, const char *path)
     header_list_init(&o->resp.trailers, o->arena, 0);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Opens the request on `t`, notes the first phase, and runs the loop until it ends. */
 static void run(struct owner *o, struct target *t)
 {
-    enum upstream_phase phase;
-    o->s = http1_client_codec.open(t, &cfg, &o->rq, &o->resp, &events, o, &phase);
-    ok(o->s != NULL, "open");
-    if (!o->s)
-        return;
-    on_phase(o, phase);
-    double deadline = now_s() + 5;
-    while (!o->done && now_s() < deadline)
-        event_base_loop(base, EVLOOP_ONCE);
+    owner_run(o, &http1_client_codec, t, &cfg);
 }
 
 static void owner_free(struct owner *o)
@@ -201,11 +99,8 @@ int main(void)
     owner_init(&o, "GET", "/1");
     owner_init(&o2, "GET", "/2");
     trace[0] = '\0';
-    enum upstream_phase phase;
-    o.s = http1_client_codec.open(&t, &cfg, &o.rq, &o.resp, &events, &o, &phase);
-    on_phase(&o, phase);
-    o2.s = http1_client_codec.open(&t, &cfg, &o2.rq, &o2.resp, &events, &o2, &phase);
-    on_phase(&o2, phase);
+    owner_open(&o, &http1_client_codec, &t, &cfg);
+    owner_open(&o2, &http1_client_codec, &t, &cfg);
     double deadline = now_s() + 5;
     while (!(o.done && o2.done) && now_s() < deadline)
         event_base_loop(base, EVLOOP_ONCE);

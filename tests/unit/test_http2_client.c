@@ -22,13 +22,9 @@
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 
-#include "base/arena.h"
-#include "conf/config.h"
+#include "harness.h"
 #include "net/conn.h"
-#include "test.h"
 #include "upstream/http2_client.h"
-#include "upstream/pool.h"
-#include "upstream/upstream.h"
 
 /* ---- the peer: a blocking nghttp2 server, one connection at a time -------- */
 
@@ -165,83 +161,6 @@ static void *peer_main(void *arg)
     return NULL;
 }
 
-/* ---- a recording owner ------------------------------------------------------ */
-
-static char trace[512];
-
-static void note(const char *s)
-{
-    size_t n = strlen(trace);
-    snprintf(trace + n, sizeof trace - n, "%s ", s);
-}
-
-struct owner {
-    struct arena *arena;
-    struct upstream_request rq;
-    struct upstream_response resp;
-    struct header_list headers;
-    struct upstream_stream *s;
-    const char *body;
-    bool done;
-};
-
-static void on_phase(void *arg, enum upstream_phase phase)
-{
-    struct owner *o = arg;
-    note(phase == UPSTREAM_SENT ? "sent" : "connecting");
-    if (phase == UPSTREAM_SENT) {
-        struct evbuffer *b = evbuffer_new();
-        if (o->body)
-            evbuffer_add(b, o->body, strlen(o->body));
-        o->s->ops->send_body(o->s, b, true);
-        ok(evbuffer_get_length(b) == 0, "send_body takes the bytes");
-        evbuffer_free(b);
-    }
-}
-static void on_head(void *arg)
-{
-    struct owner *o = arg;
-    char s[32];
-    snprintf(s, sizeof s, "head(%d)", o->resp.status);
-    note(s);
-}
-static void on_body(void *arg, struct evbuffer *data, bool last)
-{
-    char s[64];
-    size_t n = evbuffer_get_length(data);
-    snprintf(s, sizeof s, "body(%.*s)", (int)(n < 20 ? n : 20),
-             n ? (char *)evbuffer_pullup(data, -1) : "");
-    evbuffer_drain(data, n);
-    note(s);
-}
-static void on_end(void *arg)
-{
-    struct owner *o = arg;
-    note("end");
-    o->done = true;
-}
-static void on_fail(void *arg, enum upstream_failure why, int status, const char *message)
-{
-    struct owner *o = arg;
-    static const char *const kinds[] = {"connect", "stale", "after_send", "gone", "timeout"};
-    char s[64];
-    snprintf(s, sizeof s, "fail(%s,%d)", kinds[why], status);
-    note(s);
-    o->done = true;
-}
-static void on_body_drained(void *arg)
-{
-}
-
-static const struct upstream_events events = {
-    .on_phase = on_phase,
-    .on_head = on_head,
-    .on_body = on_body,
-    .on_end = on_end,
-    .on_fail = on_fail,
-    .on_body_drained = on_body_drained,
-};
-
 static struct event_base *base;
 static struct upstream_rt rt;
 static struct upstream_config cfg = {
@@ -253,13 +172,6 @@ static struct upstream_config cfg = {
 };
 static struct target t;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Runs one request on the target; returns the trace it left. */
 static const char *run(struct owner *o, const char *method, const char *path, const char *body,
                        bool te)
@@ -268,6 +180,7 @@ static const char *run(struct owner *o, const char *method, const char *path, co
     memset(o, 0, sizeof *o);
     o->arena = arena_new(4096);
     o->body = body;
+    o->check_taken = true;
     header_list_init(&o->headers, o->arena, 4);
     header_add(&o->headers, SLICE_LIT("Host"), SLICE_LIT("h2.test"));
     header_add(&o->headers, SLICE_LIT("Connection"), SLICE_LIT("keep-alive")); /* dropped */
@@ -281,15 +194,7 @@ static const char *run(struct owner *o, const char *method, const char *path, co
         .te_trailers = te,
     };
     header_list_init(&o->resp.trailers, o->arena, 0);
-    enum upstream_phase phase;
-    o->s = http2_client_codec.open(&t, &cfg, &o->rq, &o->resp, &events, o, &phase);
-    ok(o->s != NULL, "open");
-    if (!o->s)
-        return trace;
-    on_phase(o, phase);
-    double deadline = now_s() + 5;
-    while (!o->done && now_s() < deadline)
-        event_base_loop(base, EVLOOP_ONCE);
+    owner_run(o, &http2_client_codec, &t, &cfg);
     return trace;
 }
 
@@ -311,11 +216,7 @@ int main(void)
     getsockname(lfd, (struct sockaddr *)&a, &alen);
     pthread_t peer;
     pthread_create(&peer, NULL, peer_main, &lfd);
-    memcpy(&t.addr, &a, sizeof a);
-    t.addrlen = sizeof a;
-    t.upstream = &rt;
-    snprintf(t.name, sizeof t.name, "127.0.0.1:%u", ntohs(a.sin_port));
-    pool_init(&t.pool);
+    target_loopback(&t, &rt, ntohs(a.sin_port));
 
     struct owner o;
     is_str(run(&o, "GET", "/hello", NULL, false), "connecting sent head(200) body(hello) end ");

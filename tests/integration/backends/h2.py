@@ -15,8 +15,10 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from backends.server import ThreadedServer
 
-class H2Backend:
+
+class H2Backend(ThreadedServer):
     """A cleartext HTTP/2 server (prior knowledge). Paths:
     /hello          200, body, trailers (grpc-status: 0, x-trailer: yes), no content-length
     /sized          200 with content-length and a trailer
@@ -38,49 +40,14 @@ class H2Backend:
 
     def __init__(self, max_streams=None, tls=None):
         self.settings_max_streams = max_streams
+        super().__init__("127.0.0.1", backlog=64)
         self.tls = tls  # an ssl.SSLContext: serve HTTP/2 over TLS
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.lock = threading.Lock()
-        self.connections = 0
         self.requests = []
         self.refused = set()
         self.max_streams = 0
         self.resets = 0  # RST_STREAM frames received from the gateway
         self.first_chunk = threading.Event()
-        self.stopping = threading.Event()
-        self.conns = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.stopping.set()
-        self.sock.close()
-        self.thread.join(2)
-        with self.lock:
-            for c in self.conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self._start()
 
     def _serve(self, sock):
         try:

@@ -49,6 +49,7 @@ class HttpBackend:
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        self.ssl_context = None  # an ssl.SSLContext: serve over TLS (TlsBackend)
         self.loop = None
         self.thread = None
 
@@ -63,7 +64,8 @@ class HttpBackend:
                 server = web.Server(self._dispatch)
                 self.runner = web.ServerRunner(server, access_log=None, shutdown_timeout=1.0)
                 await self.runner.setup()
-                await web.SockSite(self.runner, self.sock, shutdown_timeout=1.0).start()
+                await web.SockSite(self.runner, self.sock, ssl_context=self.ssl_context,
+                                   shutdown_timeout=1.0).start()
 
             try:
                 self.loop.run_until_complete(setup())

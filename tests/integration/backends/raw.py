@@ -3,43 +3,20 @@ exact bytes (misbehaving, slow, silent upstreams), with ServerSide, the
 reading helpers for such handlers, and a few ready-made handlers."""
 import hashlib
 import socket
-import threading
 import time
 
+from backends.server import ThreadedServer
 
-class RawBackend:
+
+class RawBackend(ThreadedServer):
     """Socket server; handler(conn, backend) runs in a thread per connection,
     the connection is closed when it returns."""
 
     def __init__(self, handler, host="127.0.0.1"):
+        super().__init__(host, backlog=128)
         self.handler = handler
-        self.lock = threading.Lock()
-        self.connections = 0
         self.requests = []  # request heads (bytes) handlers recorded
-        self.stopping = threading.Event()
-        self.conns = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"{host}:{self.port}"
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, TimeoutError):
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self._start()
 
     def _serve(self, conn):
         conn.settimeout(10)
@@ -61,17 +38,6 @@ class RawBackend:
     def count(self):
         with self.lock:
             return len(self.requests)
-
-    def stop(self):
-        self.stopping.set()
-        self.sock.close()
-        self.thread.join(2)
-        with self.lock:
-            for c in self.conns:
-                try:
-                    c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 class ServerSide:
