@@ -624,7 +624,8 @@ def test_metrics_count_h2_connections(sluice):
     with H2Client(s.port) as c:
         assert c.request("GET", "/").status == "200"
         p = curl(f"http://{admin}/metrics")
-        assert 'sluice_connections_active{protocol="h2"} 1' in p.stdout.decode(), p.stdout
+        assert 'sluice_connections_active{protocol="h2"} 1' in p.stdout.decode(), \
+            (p.returncode, p.stdout, p.stderr, s.stderr())
 
 
 # --------------------------------------------------------------------------
