@@ -19,11 +19,11 @@
 #include "ops/record.h"
 #include "core/worker.h"
 #include "proto/status.h"
+#include "base/container_of.h"
+#include "upstream/codec.h"
 
 /* Room for a typical request's arena: the head copy, header lists, filter state. */
 #define EXCHANGE_ARENA_SIZE 4096
-/* Request body held while no upstream takes it yet (filters still running). */
-#define EXCHANGE_BODY_HIGH_WATER (256 * 1024)
 
 /* The upstream side (core/proxy), registered at start-up. */
 static const struct exchange_upstream_ops *upstream_ops;
@@ -370,8 +370,7 @@ static void continue_after_pause(struct exchange *x, enum filter_verdict verdict
 
 static void on_pause_timer(struct deadline *d)
 {
-    struct exchange_hold *h =
-        (struct exchange_hold *)((char *)d - offsetof(struct exchange_hold, timer));
+    struct exchange_hold *h = container_of(d, struct exchange_hold, timer);
     struct exchange *x = h->x;
     if (x->pause == PAUSE_RESUMED) {
         x->pause = PAUSE_NONE;
@@ -433,7 +432,7 @@ static void watch_body(struct exchange *x)
     h->body_added = evbuffer_get_length(x->req_body); /* nothing was drained yet */
     h->body_cb = evbuffer_add_cb(x->req_body, on_body_added, h);
     if (!h->body_cb) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
 }
@@ -674,19 +673,27 @@ static void account(const struct exchange *x)
 
 /* ---- request body, drain, abort -------------------------------------------- */
 
+bool exchange_body_check(struct exchange *x)
+{
+    if (!x->body_watched || run_body_hooks(x) == FILTER_CONTINUE)
+        return true;
+    reply_body_response(x);
+    return false;
+}
+
 void exchange_on_request_body(struct exchange *x)
 {
     if (x->proxy) {
-        if (x->body_watched && run_body_hooks(x) == FILTER_RESPOND) {
-            reply_body_response(x);
-            return;
-        }
-        upstream_ops->on_request_body(x);
+        if (exchange_body_check(x))
+            upstream_ops->on_request_body(x);
         return;
     }
-    /* Nobody consumes the body yet (a filter paused): hold at most the high-water mark. */
+    /*
+     * Nobody consumes the body yet (a filter paused): hold at most the one
+     * high-water mark of body buffering (upstream/codec.h).
+     */
     if (!x->body_held && !x->req_body_done &&
-        evbuffer_get_length(x->req_body) > EXCHANGE_BODY_HIGH_WATER) {
+        evbuffer_get_length(x->req_body) > UPSTREAM_HIGH_WATER) {
         x->body_held = true;
         x->client->ops->pause_body(x, true);
     }

@@ -281,6 +281,17 @@ int exchange_pause_timeout_ms(const struct exchange *x);
 uint64_t exchange_body_seen(const struct exchange *x);
 
 /*
+ * Shows the request body bytes that arrived since the last look to the
+ * filters' body hooks. The upstream side calls it before it takes bytes out
+ * of x->req_body, so no byte leaves before every hook has seen it (a codec
+ * may append body while the upstream side has it paused, e.g. HTTP/2 DATA
+ * within the stream window). Returns true to go on; false when a hook
+ * answered: the exchange has replied or aborted and may be freed, so the
+ * caller must return at once without touching it.
+ */
+bool exchange_body_check(struct exchange *x);
+
+/*
  * The client socket from which the proxy may splice the rest of the request
  * body (the codec's body_splice_fd), or -1: the codec cannot, or a filter's
  * body hook must see every byte. The proxy calls this, not the codec's op.
@@ -302,7 +313,6 @@ void *exchange_filter_state(struct exchange *x, size_t i);
 void exchange_pause_request_body(struct exchange *x, bool pause);
 size_t exchange_pending(struct exchange *x);
 int exchange_splice_fd(struct exchange *x);
-int exchange_body_splice_fd(struct exchange *x, uint64_t *left);
 void exchange_body_spliced(struct exchange *x, uint64_t n);
 
 /* Maps a ${name} variable to its id at load time; -1 if unknown. */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "conf/config.h"
+#include "base/log.h"
 
 /*
  * One block per worker view: the slot array of the global filters, one slot
@@ -49,7 +50,7 @@ struct filter_contexts *filter_contexts_new(const struct snapshot *s, struct wor
     size_t head = sizeof(struct filter_contexts) + s->num_routes * sizeof(void **);
     struct filter_contexts *fc = calloc(1, head + total * sizeof(void *));
     if (!fc) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     fc->route = (void ***)(fc + 1);

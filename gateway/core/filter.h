@@ -12,10 +12,15 @@
  *             instance is immutable (const) and shared by all workers;
  *             destroy() frees it when the snapshot goes, on whichever
  *             thread drops the snapshot's last reference.
- *   context   context_new() runs on a worker's thread when the worker starts
- *             using a snapshot (its view is built), context_free() when the
- *             worker drops that view. The place for what lives on a loop: a
- *             Redis link, a JWKS cache. Only that worker's thread touches it.
+ *   context   context_new() runs when a worker starts using a snapshot (its
+ *             view is built), context_free() when the worker drops that
+ *             view. The place for what lives on a loop: a Redis link, a JWKS
+ *             cache. Only that worker's loop touches it. The first view is
+ *             built on the main thread before the worker's loop starts, and
+ *             the last views are freed there after it ended; every other
+ *             call is on the worker's thread. Never both at once, so a
+ *             context may attach events to the worker's event_base in
+ *             context_new.
  *   state     `state_size` zeroed bytes from the exchange's arena, private to
  *             one exchange, passed to every hook of that exchange.
  *   operation a paused filter's pending work (see FILTER_PAUSE).
@@ -78,7 +83,8 @@ struct filter_type {
     void (*destroy)(const void *instance);
 
     /*
-     * Worker's thread, once per worker and snapshot. context_new may return
+     * Once per worker and snapshot, never concurrently with that worker's
+     * loop (see "context" above). context_new may return
      * NULL (nothing needed, or out of resources): the hooks then get NULL
      * and must answer for themselves (e.g. 503). context_free gets what
      * context_new returned, NULL included.

@@ -458,6 +458,8 @@ static void pump(struct proxy *p)
     if (p->splice)
         return; /* the client socket is read by the splice */
     if (p->stream && p->state >= P_WAIT_HEAD && !p->req_sent_end) {
+        if (!exchange_body_check(x))
+            return; /* a body hook answered: the exchange (and p) may be gone */
         size_t len = evbuffer_get_length(x->req_body);
         if (len) {
             if (p->replay && evbuffer_get_length(p->replay) + len <= PROXY_REPLAY_MAX) {

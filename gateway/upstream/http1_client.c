@@ -27,6 +27,7 @@
 #include "proto/http1_parse.h"
 #include "upstream/pool.h"
 #include "upstream/upstream.h"
+#include "base/container_of.h"
 
 /* A response head larger than this is refused (502). */
 #define H1C_MAX_HEAD (64 * 1024)
@@ -277,8 +278,7 @@ static int place(struct h1_upstream_stream *s)
 /* The pool answered a queued stream, from inside another stream's release: act from the loop. */
 static void on_slot(struct pool_waiter *w, bool ok)
 {
-    struct h1_upstream_stream *s =
-        (struct h1_upstream_stream *)((char *)w - offsetof(struct h1_upstream_stream, waiter));
+    struct h1_upstream_stream *s = container_of(w, struct h1_upstream_stream, waiter);
     s->want_slot = true;
     s->slot_ok = ok;
     defer(s);

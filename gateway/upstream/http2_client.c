@@ -36,8 +36,6 @@
 #include "upstream/codec.h"
 #include "upstream/upstream.h"
 
-/* Past this much unsent output, stop framing more until the socket drains. */
-#define UPSTREAM_HIGH_WATER (256 * 1024)
 /* Our stream window: what one stream may have in flight toward a slow client. */
 #define H2C_STREAM_WINDOW (256 * 1024)
 /* Our connection window; given back as DATA arrives, so it only bounds a burst. */
@@ -832,7 +830,7 @@ static struct upstream_stream *h2_open(struct target *t, const struct upstream_c
     st->body = evbuffer_new();
     st->data = evbuffer_new();
     if (!st->body || !st->data) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     attach(s, st);

@@ -1,4 +1,5 @@
 #include "upstream/pool.h"
+#include "base/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,7 +88,7 @@ struct upconn *pool_new_conn(struct pool *p, struct target *t)
 {
     struct upconn *uc = calloc(1, sizeof *uc);
     if (!uc) {
-        fprintf(stderr, "sluice: out of memory\n");
+        log_error("out of memory");
         abort();
     }
     uc->conn.fd = -1;
