@@ -176,3 +176,28 @@ bool addr_format(const struct sockaddr *sa, char *out, size_t size)
     }
     return false;
 }
+
+void addr_ip_text(const struct sockaddr *sa, char *out)
+{
+    out[0] = '\0';
+    if (sa->sa_family == AF_INET6) {
+        if (!inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                       INET6_ADDRSTRLEN))
+            out[0] = '\0';
+        return;
+    }
+    if (sa->sa_family != AF_INET)
+        return;
+    const unsigned char *b =
+        (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+    char *p = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = i < 3 ? '.' : '\0';
+    }
+}

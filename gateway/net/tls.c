@@ -16,6 +16,7 @@
 #include <openssl/x509v3.h>
 
 #include "conf/config.h"
+#include "net/addr.h"
 #include "net/conn.h"
 #include "base/log.h"
 #include "net/loop.h"
@@ -651,14 +652,9 @@ static void accept_close(struct tls_accept *a)
     accept_free(a, true);
 }
 
-static const char *peer_ip(const struct tls_accept *a, char *buf, size_t len)
+static const char *peer_ip(const struct tls_accept *a, char *buf)
 {
-    buf[0] = '\0';
-    if (a->peer.ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)&a->peer)->sin_addr, buf, (socklen_t)len);
-    else if (a->peer.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&a->peer)->sin6_addr, buf,
-                  (socklen_t)len);
+    addr_ip_text((const struct sockaddr *)&a->peer, buf);
     return buf;
 }
 
@@ -690,7 +686,7 @@ static void on_error(struct conn *c, int err)
     struct tls_accept *a = c->owner;
     char ip[64], why[256];
     tls_describe_failure(c, why, sizeof why);
-    log_debug("TLS handshake with %s failed: %s", peer_ip(a, ip, sizeof ip), why);
+    log_debug("TLS handshake with %s failed: %s", peer_ip(a, ip), why);
     accept_close(a);
 }
 
@@ -702,7 +698,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct tls_accept *a = arg;
     char ip[64];
-    log_debug("TLS handshake with %s timed out", peer_ip(a, ip, sizeof ip));
+    log_debug("TLS handshake with %s timed out", peer_ip(a, ip));
     accept_close(a);
 }
 

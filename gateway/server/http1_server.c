@@ -12,6 +12,7 @@
 
 #include "base/container_of.h"
 #include "conf/config.h"
+#include "net/addr.h"
 #include "net/conn.h"
 #include "base/deadline.h"
 #include "core/exchange.h"
@@ -428,39 +429,11 @@ static void respond_and_close(struct h1_conn *h, struct exchange *x, int status,
     exchange_reply(x);
 }
 
-/*
- * The peer's address as text, per request. IPv4 is formatted by hand:
- * inet_ntop costs about as much as the rest of the request's bookkeeping,
- * and keeping the text per connection would cost 48 bytes of every idle
- * keep-alive connection.
- */
-static void format_peer(const struct sockaddr *sa, char out[INET6_ADDRSTRLEN])
-{
-    if (sa->sa_family != AF_INET) {
-        if (!inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
-                       INET6_ADDRSTRLEN))
-            out[0] = '\0';
-        return;
-    }
-    const unsigned char *b =
-        (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
-    char *p = out;
-    for (int i = 0; i < 4; i++) {
-        unsigned v = b[i];
-        if (v >= 100)
-            *p++ = (char)('0' + v / 100);
-        if (v >= 10)
-            *p++ = (char)('0' + v / 10 % 10);
-        *p++ = (char)('0' + v % 10);
-        *p++ = i < 3 ? '.' : '\0';
-    }
-}
-
 static struct exchange *new_exchange(struct h1_conn *h)
 {
     struct exchange *x = exchange_new(h->w, &h->side);
     memcpy(&x->peer, &h->peer, sizeof h->peer);
-    format_peer(&h->peer.sa, x->remote_addr);
+    addr_ip_text(&h->peer.sa, x->remote_addr);
     x->protocol = XPROTO_HTTP11;
     x->tls = h->tls;
     if (h->client_subject) {

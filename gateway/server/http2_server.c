@@ -13,6 +13,7 @@
 #include "base/clock.h"
 #include "base/container_of.h"
 #include "conf/config.h"
+#include "net/addr.h"
 #include "net/conn.h"
 #include "core/exchange.h"
 #include "net/listener.h"
@@ -1126,12 +1127,7 @@ int http2_server_adopt(struct worker *w, struct conn *c, const struct sockaddr_s
     h->peer = *peer;
     h->tls = flags & LISTEN_TLS;
     h->fresh = true;
-    if (peer->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, h->remote_addr,
-                  sizeof h->remote_addr);
-    else if (peer->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, h->remote_addr,
-                  sizeof h->remote_addr);
+    addr_ip_text((const struct sockaddr *)peer, h->remote_addr);
     h->link.on_drain = on_drain;
     h->link.on_stop = on_stop;
     h->timer = event_new(w->base, -1, 0, on_timer, h);

@@ -50,6 +50,22 @@ int main(void)
     is_str(text, "[::1]:443");
     ok(!addr_same(&ss, len, &ss2, len2), "different families");
 
+    /* The peer IP text the codecs log: every IPv4 digit count, IPv6, others empty. */
+    static const char *const ips[] = {"0.0.0.0", "9.10.99.100", "255.255.255.255", "10.0.0.3"};
+    for (size_t i = 0; i < sizeof ips / sizeof *ips; i++) {
+        char bind[32];
+        snprintf(bind, sizeof bind, "%s:1", ips[i]);
+        ok(addr_parse_bind(bind, &ss, &len, why, sizeof why), "parse %s", bind);
+        addr_ip_text((const struct sockaddr *)&ss, text);
+        is_str(text, ips[i]);
+    }
+    ok(addr_parse_bind("[2001:db8::1]:1", &ss, &len, why, sizeof why), "parse IPv6");
+    addr_ip_text((const struct sockaddr *)&ss, text);
+    is_str(text, "2001:db8::1");
+    ss.ss_family = AF_UNIX;
+    addr_ip_text((const struct sockaddr *)&ss, text);
+    is_str(text, "");
+
     bind_fails("127.0.0.1", "the port is missing");
     bind_fails(":80", "the host is missing");
     bind_fails("::1:80", "an IPv6 address needs brackets, e.g. [::1]:8080");
