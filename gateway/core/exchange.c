@@ -739,8 +739,13 @@ void exchange_send_body(struct exchange *x, struct evbuffer *data)
 void exchange_end(struct exchange *x)
 {
     x->finished = true;
-    x->client->ops->send_end(x);
+    /*
+     * Counted before the codec writes the end: a client that has seen its
+     * whole response then finds it in /metrics and the access log, even if
+     * this thread is preempted right after the write.
+     */
     account(x);
+    x->client->ops->send_end(x);
     exchange_free(x);
 }
 
