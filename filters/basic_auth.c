@@ -169,8 +169,8 @@ static const char *check_hash(const char *hash)
     if (last - hash < 4 || tail != digest_len || !chars_ok || salt == CRYPT_SALT_INVALID ||
         salt == CRYPT_SALT_METHOD_DISABLED) {
         snprintf(why, sizeof(why),
-                 "is not a well-formed %.3s hash (settings, salt and a %zu-"
-                 "character digest)",
+                 "is not a well-formed %.3s hash (settings, salt, then a digest of %zu "
+                 "characters)",
                  hash, digest_len);
         return why;
     }
