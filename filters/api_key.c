@@ -17,8 +17,9 @@
  * keys) and every candidate is compared with CRYPTO_memcmp over the whole
  * 32 bytes, never with an early exit on the first differing byte.
  *
- * Everything is built in create(); the request path allocates only the
- * rebuilt query (in the exchange's arena) when a query key was cut out.
+ * Everything is built in create(); the request path allocates nothing but,
+ * when a query key was cut out, the rebuilt query and the decoded key (in
+ * the exchange's arena).
  */
 #include <stdbool.h>
 #include <stdint.h>
