@@ -18,14 +18,14 @@
  * yet: the loader says "not available in this version" instead of "unknown".
  */
 #define FILTER_TYPES(FILTER_AVAILABLE, FILTER_PLANNED)                                             \
-    FILTER_PLANNED(api_key)                                                                        \
-    FILTER_PLANNED(basic_auth)                                                                     \
+    FILTER_AVAILABLE(api_key)                                                                      \
+    FILTER_AVAILABLE(basic_auth)                                                                   \
     FILTER_PLANNED(jwt)                                                                            \
     FILTER_PLANNED(rate_limit)                                                                     \
     FILTER_PLANNED(rewrite)                                                                        \
     FILTER_AVAILABLE(headers)                                                                      \
     FILTER_PLANNED(cors)                                                                           \
-    FILTER_PLANNED(ip_filter)                                                                      \
+    FILTER_AVAILABLE(ip_filter)                                                                    \
     FILTER_PLANNED(body_limit)
 
 #define DECLARE_AVAILABLE(name) extern const struct filter_type filter_##name;

@@ -226,7 +226,8 @@ static void test_registry(void)
     ok(filter_registry_find("nope", &planned) == NULL, "unknown type");
     is_int(planned, 0);
     ok(filter_registry_find("Headers", NULL) == NULL, "names are case-sensitive");
-    is_str(filter_registry_names(), "headers");
+    /* Other types join the list as they are written; headers is always in it. */
+    ok(strstr(filter_registry_names(), "headers") != NULL, "names: %s", filter_registry_names());
     is_str(filter_headers.name, "headers");
     is_int(filter_headers.state_size, 0);
 }
