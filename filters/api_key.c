@@ -30,7 +30,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
-#include "../filters/auth_mac.h"
+#include "filters/auth_mac.h"
 #include "base/arena.h"
 #include "base/header.h"
 #include "base/slice.h"

@@ -2,7 +2,7 @@
  * auth_mac: HMAC-SHA256 under a per-instance random key, for comparing
  * client-presented secrets in constant time (see auth_mac.h).
  */
-#include "../filters/auth_mac.h"
+#include "filters/auth_mac.h"
 
 #include <string.h>
 

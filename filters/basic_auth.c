@@ -28,7 +28,7 @@
  * Thread: create on the loading thread; the hooks and the cache on the
  * worker's thread (the cache is per worker, never shared).
  */
-#include "../filters/basic_auth.h"
+#include "filters/basic_auth.h"
 
 #include <crypt.h>
 #include <errno.h>
@@ -42,7 +42,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
-#include "../filters/auth_mac.h"
+#include "filters/auth_mac.h"
 #include "base/arena.h"
 #include "base/clock.h"
 #include "base/header.h"

@@ -15,7 +15,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
-#include "../filters/basic_auth.h"
+#include "filters/basic_auth.h"
 #include "base/arena.h"
 #include "base/header.h"
 #include "conf/config_error.h"
