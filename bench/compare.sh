@@ -35,7 +35,7 @@ done
 declare -A PKG=(
     [wrk]=wrk [h2load]=nghttp2-client [nginx]=nginx [haproxy]=haproxy
     [valgrind]=valgrind [perf]=linux-perf [strace]=strace [taskset]=util-linux
-    [cmake]=cmake
+    [cmake]=cmake [openssl]=openssl [htpasswd]=apache2-utils
 )
 missing=()
 for cmd in "${!PKG[@]}"; do

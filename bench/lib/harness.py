@@ -13,6 +13,9 @@ Only the Python standard library is used. See bench/README.md.
 
 import argparse
 import asyncio
+import base64
+import json
+import secrets
 import csv
 import datetime
 import http.client
@@ -51,12 +54,33 @@ WORKLOADS = [
          path="/post", conns=10, body=2),
     dict(id="h2small", label="HTTP/2 small GET (h2c), h2load -c10 -m5", proto="h2",
          method="GET", path="/small", conns=10, streams=5, body=2),
+    # Filter chains (issue 8): the small GET with credentials, each target
+    # configured to do the same work (see CHAINS and bench/README.md).
+    dict(id="jwt", label="small GET + jwt RS256 + rate_limit + headers, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="jwt"),
+    dict(id="basic", label="small GET + basic_auth bcrypt-10 + rate_limit, -c10", proto="h1",
+         method="GET", path="/small", conns=10, body=2, chain="basic"),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
 INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post1m": (200, 20),
                 "h2small": (2000, 200)}
 SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000, "h2small": 20000}
+INSTR_COUNTS["jwt"] = (2000, 200)
+SYSCALL_COUNTS["jwt"] = 20000
+# Filter chains: which sluice filter types each needs (to say why a cell is
+# n/a while the binary lacks one), and why a target cannot take part.
+CHAINS = {
+    "jwt": dict(filters=["jwt", "rate_limit", "headers"],
+                no={"nginx": "Debian's nginx has no JWT verifier"}),
+    "basic": dict(filters=["basic_auth", "rate_limit"], no={}),
+}
+# The basic-auth chain is not counted with a fixed request count: nginx and
+# HAProxy run bcrypt (about 50 ms) on every request, 50 times slower under
+# valgrind, so those cells would take most of the run's time budget.
+UNCOUNTED = {"basic": "bcrypt on every request at the peers: only throughput and CPU are measured"}
+# Never reached: the limit filters do their bookkeeping on every request.
+RATE = 1000000
 
 
 class BenchError(Exception):
@@ -235,12 +259,13 @@ def rss_kib(pids):
     return total
 
 
-def probe(port, wl, timeout=10):
+def probe(port, wl, timeout=10, headers=None):
     """One request with http.client; raise BenchError unless 200 + right body size."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         body = b"a" * 1048576 if wl["method"] == "POST" else None
         hdrs = {"Content-Type": "application/octet-stream"} if body else {}
+        hdrs.update(headers or {})
         c.request(wl["method"], wl["path"], body=body, headers=hdrs)
         r = c.getresponse()
         data = r.read()
@@ -251,6 +276,75 @@ def probe(port, wl, timeout=10):
         raise BenchError(f"probe {wl['method']} {wl['path']}: {type(e).__name__}: {e}")
     finally:
         c.close()
+
+
+def probe_status(port, path, headers, timeout=10):
+    """One GET; return (status, response headers as a lower-case dict)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"probe GET {path}: {type(e).__name__}: {e}")
+    finally:
+        c.close()
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt_credentials(d):
+    """A fresh RSA-2048 key pair and an RS256 token (exp in 24 h), plus a
+    token whose payload was changed after signing (must be refused)."""
+    key, pub = os.path.join(d, "jwt-key.pem"), os.path.join(d, "jwt-pub.pem")
+    for argv in (["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                  "-out", key],
+                 ["openssl", "pkey", "-in", key, "-pubout", "-out", pub]):
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if r.returncode != 0:
+            raise BenchError(f"{' '.join(argv[:2])} failed: {r.stdout.decode(errors='replace')[-200:]}")
+    enc = lambda obj: b64url(json.dumps(obj, separators=(",", ":")).encode())
+    now = int(time.time())
+    head = enc({"alg": "RS256", "typ": "JWT"})
+    body = enc({"sub": "bench", "iat": now, "exp": now + 86400})
+    r = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=f"{head}.{body}".encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    if r.returncode != 0 or len(r.stdout) != 256:
+        raise BenchError(f"openssl dgst -sign failed: {r.stderr.decode(errors='replace')[-200:]}")
+    sig = b64url(r.stdout)
+    forged = enc({"sub": "mallory", "iat": now, "exp": now + 86400})
+    return dict(pub=pub, auth=f"Bearer {head}.{body}.{sig}",
+                bad=f"Bearer {head}.{forged}.{sig}", bad_label="tampered token")
+
+
+def make_basic_credentials(d):
+    """A bcrypt (cost 10) hash of a random password: htpasswd -B (apache2-utils)
+    or mkpasswd (whois). Python's crypt module cannot be trusted for bcrypt."""
+    user, pw = "bench", secrets.token_urlsafe(12)
+    h = None
+    if shutil.which("htpasswd"):
+        r = subprocess.run(["htpasswd", "-nbB", "-C", "10", user, pw], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        out = r.stdout.decode(errors="replace").strip()
+        if r.returncode == 0 and out.startswith(user + ":"):
+            h = out.split(":", 1)[1]
+    if h is None and shutil.which("mkpasswd"):
+        r = subprocess.run(["mkpasswd", "-m", "bcrypt", "-R", "10", pw], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=60)
+        out = r.stdout.decode(errors="replace").strip()
+        if r.returncode == 0:
+            h = out
+    if not h or not re.fullmatch(r"\$2[aby]\$10\$[./A-Za-z0-9]{53}", h):
+        raise BenchError(f"no bcrypt hash (need htpasswd from apache2-utils, or mkpasswd): {h!r}")
+    path = os.path.join(d, "htpasswd")
+    with open(path, "w") as f:
+        f.write(f"{user}:{h}\n")
+    basic = lambda p: "Basic " + base64.b64encode(f"{user}:{p}".encode()).decode()
+    return dict(user=user, hash=h, htpasswd=path, auth=basic(pw), bad=basic(pw + "x"),
+                bad_label="wrong password")
 
 
 def to_ms(v, unit):
@@ -306,9 +400,21 @@ def backend_conf(d, port, h2port):
 """
 
 
-def nginx_proxy_conf(d, port, backend, h2, master=True):
+def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
+    zone, loc = "", ""
+    if chain == "basic":
+        # limit_req runs in nginx's preaccess phase, auth_basic in the access
+        # phase after it; both run on every request. The burst is never used up.
+        zone = f"  limit_req_zone $binary_remote_addr zone=rl:1m rate={RATE}r/s;\n"
+        loc = f"""      auth_basic "bench";
+      auth_basic_user_file {cr['htpasswd']};
+      limit_req zone=rl burst={RATE} nodelay;
+      proxy_set_header Authorization "";
+"""
+    elif chain is not None:
+        raise BenchError(f"nginx has no configuration for the {chain} chain")
     return nginx_common(d, master) + f"""http {{
-  access_log off;
+{zone}  access_log off;
   tcp_nodelay on;
   keepalive_timeout 120s; keepalive_requests 100000000;
   client_max_body_size 0;
@@ -336,13 +442,45 @@ def nginx_proxy_conf(d, port, backend, h2, master=True):
       proxy_buffer_size 16k;
       proxy_buffers 32 16k;
       proxy_max_temp_file_size 0;
-    }}
+{loc}    }}
   }}
 }}
 """
 
 
-def haproxy_conf(port, backend, h2):
+def haproxy_chain(chain, cr):
+    """(extra top-level sections, frontend lines) for a filter chain: the same
+    checks as sluice's filters, in the same order."""
+    if chain is None:
+        return "", ""
+    # A stick-table per source IP counting the request rate, as sluice's
+    # rate_limit keeps a bucket per IP; the limit is never reached.
+    rate = f"""    stick-table type ip size 100k expire 30s store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {RATE} }}
+"""
+    if chain == "jwt":
+        # HAProxy 2.6: jwt_verify returns 1 for a valid signature; it checks
+        # neither alg nor exp, so both are checked here as sluice's jwt does.
+        return "", f"""    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.jwt_alg) var(txn.bearer),jwt_header_query('$.alg')
+    http-request set-var(txn.jwt_exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+    http-request set-var(txn.now) date
+    http-request deny deny_status 401 unless {{ var(txn.jwt_alg) -m str RS256 }} {{ var(txn.bearer),jwt_verify(txn.jwt_alg,"{cr['pub']}") -m int 1 }} {{ var(txn.jwt_exp),sub(txn.now) -m int gt 0 }}
+{rate}    http-request set-header X-Bench 1
+"""
+    if chain == "basic":
+        return f"""userlist bench_users
+    user {cr['user']} password {cr['hash']}
+
+""", f"""    http-request auth realm bench unless {{ http_auth(bench_users) }}
+{rate}    http-request del-header Authorization
+"""
+    raise BenchError(f"HAProxy has no configuration for the {chain} chain")
+
+
+def haproxy_conf(port, backend, h2, chain=None, cr=None):
+    sections, fe = haproxy_chain(chain, cr)
     return f"""global
     nbthread 1
     maxconn 8000
@@ -356,9 +494,9 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 120s
 
-frontend fe
+{sections}frontend fe
     bind 127.0.0.1:{port}{' proto h2' if h2 else ''}
-    option forwardfor
+{fe}    option forwardfor
     unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
     unique-id-header X-Request-Id
     http-request set-header X-Forwarded-Proto http
@@ -372,17 +510,30 @@ backend be
 """
 
 
-def sluice_conf(port, backend, h2):
+def sluice_filters(chain, cr):
+    rate = {"type": "rate_limit", "rate": RATE, "per": "second", "burst": RATE, "key": "ip"}
+    if chain == "jwt":
+        return [{"type": "jwt", "algorithms": ["RS256"], "public_key_file": cr["pub"]}, rate,
+                {"type": "headers", "request": {"set": {"x-bench": "1"}}}]
+    if chain == "basic":
+        return [{"type": "basic_auth", "realm": "bench", "users": {cr["user"]: cr["hash"]}}, rate]
+    raise BenchError(f"sluice has no configuration for the {chain} chain")
+
+
+def sluice_conf(port, backend, h2, chain=None, cr=None):
     import json
     lst = {"address": f"127.0.0.1:{port}"}
     if h2:
         lst["protocols"] = ["h2c", "http/1.1"]
+    route = {"match": {"prefix": "/"}, "upstream": "b"}
+    if chain is not None:
+        route["filters"] = sluice_filters(chain, cr)
     return json.dumps({
         "workers": 1,
         "listen": [lst],
         "access_log": {"path": "off"},
         "upstreams": {"b": {"targets": [f"127.0.0.1:{backend}"], "keepalive": 64}},
-        "routes": [{"match": {"prefix": "/"}, "upstream": "b"}],
+        "routes": [route],
         "limits": {"idle_timeout_ms": 120000, "drain_timeout_ms": 2000},
     }, indent=1)
 
@@ -407,6 +558,11 @@ class Bench:
         self.lcpu = str(a.load_cpu)
         self.h2_sluice = None
         self.wl_defs = WL
+        self.creds = {}      # chain -> credentials (make_*_credentials)
+        self.cred_err = {}   # chain -> why there are none
+        self.chain_ok = {}   # chain -> (status, reason) from sluice -t, or None when accepted
+        self.enforce = {}    # (workload, target) -> what the probes without valid credentials got
+        self.skipped = []    # (workload label, target, reason) of the n/a cells
 
     # ---- backend
     def start_backend(self):
@@ -430,10 +586,90 @@ class Bench:
         log(f"backend nginx pid {self.backend.pid} on 127.0.0.1:{self.bport} (h2c :{self.bh2port}), CPU {self.lcpu}")
 
     # ---- targets
-    def start_target(self, target, h2=False, valgrind=None, tag=""):
+    # ---- filter chains
+    def prepare_chains(self, wls):
+        """Make the credentials every chain workload of this run needs."""
+        d = os.path.join(self.tmp, "chains")
+        os.makedirs(d, exist_ok=True)
+        for wl in wls:
+            chain = wl.get("chain")
+            if chain is None or chain in self.creds or chain in self.cred_err:
+                continue
+            try:
+                self.creds[chain] = (make_jwt_credentials if chain == "jwt" else make_basic_credentials)(d)
+                log(f"{chain} chain: credentials ready")
+            except (BenchError, OSError, subprocess.SubprocessError) as e:
+                self.cred_err[chain] = f"no credentials: {e}"
+                log(f"{chain} chain: {self.cred_err[chain]}")
+
+    def sluice_chain(self, chain):
+        """None if this sluice binary accepts the chain's configuration (sluice -t),
+        else (status, reason): n/a while a filter type is not in this version."""
+        if chain not in self.chain_ok:
+            conf = os.path.join(self.tmp, f"sluice-{chain}-check.json")
+            with open(conf, "w") as f:
+                f.write(sluice_conf(free_port(), self.bport, False, chain, self.creds[chain]))
+            rc, out = run([self.a.sluice, "-t", "-c", conf], 15, self.lcpu)
+            last = out.strip().splitlines()[-1] if out.strip() else f"exit {rc}"
+            last = last.replace(conf + ": ", "")
+            if rc == 0:
+                self.chain_ok[chain] = None
+            elif "not available in this version" in out:
+                self.chain_ok[chain] = ("n/a", f"this sluice binary lacks a filter of the chain ({last})")
+            else:
+                self.chain_ok[chain] = ("error", f"sluice -t refuses the chain's configuration: {last}")
+            if rc != 0:
+                log(f"{chain} chain: {self.chain_ok[chain][1]}")
+        return self.chain_ok[chain]
+
+    def skip(self, wl, target, counting=False):
+        """None when the cell can run, else (status, reason)."""
+        if wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported():
+            return ("n/a", "sluice has no HTTP/2 (h2c) listener yet")
+        chain = wl.get("chain")
+        if chain is None:
+            return None
+        if target == "direct":
+            return ("n/a", "the backend alone runs no filter chain")
+        if target in CHAINS[chain]["no"]:
+            return ("n/a", CHAINS[chain]["no"][target])
+        if chain in self.cred_err:
+            return ("error", self.cred_err[chain])
+        if counting and wl["id"] in UNCOUNTED:
+            return ("n/a", UNCOUNTED[wl["id"]])
+        if target == "sluice":
+            return self.sluice_chain(chain)
+        return None
+
+    def auth_headers(self, wl, which="auth"):
+        chain = wl.get("chain")
+        return {"Authorization": self.creds[chain][which]} if chain else {}
+
+    def enforce_probe(self, port, wl, target):
+        """Before measuring: no credentials and bad credentials must get 401,
+        the bench's credentials 200. A target that lets a request through
+        without valid credentials is a setup error, not a result."""
+        cr = self.creds[wl["chain"]]
+        got = []
+        for label, hdrs in (("no credentials", {}), (cr["bad_label"], self.auth_headers(wl, "bad"))):
+            st, _ = probe_status(port, wl["path"], hdrs)
+            got.append(f"{label}: {st}")
+            if st != 401:
+                self.enforce[(wl["id"], target)] = "; ".join(got) + " (NOT ENFORCED)"
+                raise BenchError(f"setup error: {target} answered {st} to a request with {label} "
+                                 f"(expected 401): the chain is not enforced")
+        st, h = probe_status(port, wl["path"], self.auth_headers(wl))
+        extra = ""
+        if "ratelimit-limit" in h:
+            extra = f" (RateLimit-Limit: {h['ratelimit-limit']})"
+        got.append(f"valid: {st}{extra}")
+        self.enforce[(wl["id"], target)] = "; ".join(got)
+
+    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None):
         """Start a fresh proxy; return (Proc or None, port). direct -> backend."""
         if target == "direct":
             return None, (self.bh2port if h2 else self.bport)
+        cr = self.creds.get(chain)
         self.cell_no += 1
         d = os.path.join(self.tmp, f"{target}-{self.cell_no}")
         os.makedirs(d)
@@ -446,17 +682,17 @@ class Bench:
         if target == "nginx":
             conf = os.path.join(d, "nginx.conf")
             with open(conf, "w") as f:
-                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind))
+                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr))
             argv = [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf]
         elif target == "haproxy":
             conf = os.path.join(d, "haproxy.cfg")
             with open(conf, "w") as f:
-                f.write(haproxy_conf(port, self.bport, h2))
+                f.write(haproxy_conf(port, self.bport, h2, chain, cr))
             argv = [self.a.haproxy, "-db", "-f", conf]
         elif target == "sluice":
             conf = os.path.join(d, "sluice.json")
             with open(conf, "w") as f:
-                f.write(sluice_conf(port, self.bport, h2))
+                f.write(sluice_conf(port, self.bport, h2, chain, cr))
             argv = [self.a.sluice, "-c", conf]
         else:
             raise ValueError(target)
@@ -486,24 +722,38 @@ class Bench:
         return self.h2_sluice[0]
 
     def countable(self, wl, target):
-        """False only for sluice on the HTTP/2 workload while it has no h2c listener."""
-        return not (wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported())
+        """None when the fixed-count cells (instructions, syscalls) can run, else
+        the status to show: sluice on HTTP/2 without an h2c listener, a chain
+        a target cannot run, the uncounted basic-auth chain."""
+        sk = self.skip(wl, target, counting=True)
+        return None if sk is None else sk[0]
+
+    def note_skip(self, wl, target, reason):
+        if (wl["label"], target, reason) not in self.skipped:
+            self.skipped.append((wl["label"], target, reason))
 
     # ---- one throughput cell
     def cell(self, rnd, wl, target):
         row = dict(round=rnd, workload=wl["id"], target=target, status="ok", rps="", p50_ms="",
                    p99_ms="", requests="", cpu_pct="", cpu_us_per_req="", detail="")
-        if wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported():
-            row.update(status="n/a", detail="sluice has no HTTP/2 (h2c) listener yet")
+        sk = self.skip(wl, target)
+        if sk is not None:
+            row.update(status=sk[0], detail=sk[1])
+            if sk[0] == "n/a":
+                self.note_skip(wl, target, sk[1])
+            else:
+                self.notes.append(f"{target} / {wl['label']} / round {rnd}: {sk[1]}")
             return row
         p = None
         tag = f"-{wl['id']}-r{rnd}"
         try:
-            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag)
+            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"))
             pids = p.tree() if p else self.backend.tree()
             raw = os.path.join(self.out, "logs", f"{target}{tag}")
+            if wl.get("chain"):
+                self.enforce_probe(port, wl, target)
             if wl["proto"] == "h1":
-                probe(port, wl)
+                probe(port, wl, headers=self.auth_headers(wl))
                 res = self.wrk(port, wl, pids, raw)
             else:
                 res = self.h2load(port, wl, pids, raw)
@@ -522,6 +772,8 @@ class Bench:
         a = self.a
         url = f"http://127.0.0.1:{port}{wl['path']}"
         base = ["wrk", "-t1", f"-c{wl['conns']}", "--timeout", "5s"]
+        for k, v in self.auth_headers(wl).items():
+            base += ["-H", f"{k}: {v}"]
         if wl["method"] == "POST":
             base += ["-s", os.path.join(LIB, "post1m.lua")]
         run(base + [f"-d{a.warmup}s", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
@@ -603,6 +855,8 @@ class Bench:
             argv = ["h2load", "--h1", "-t1", f"-n{n}", f"-c{min(10, n)}"]
         if wl["method"] == "POST":
             argv += ["-d", os.path.join(self.tmp, "post.bin")]
+        for k, v in self.auth_headers(wl).items():
+            argv += ["-H", f"{k}: {v}"]
         rc, out = run(argv + [url], timeout, self.lcpu, raw)
         req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
         st = re.search(r"status codes: (\d+) 2xx", out)
@@ -625,7 +879,7 @@ class Bench:
             vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
             if os.path.exists(vlog):
                 os.unlink(vlog)
-            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag)
+            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"))
             try:
                 self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
                                   timeout=300)
@@ -648,7 +902,7 @@ class Bench:
             n //= 2
         tag = f"-sys-{wl['id']}"
         logs = os.path.join(self.out, "logs")
-        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag)
+        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"))
         tracer = None
         try:
             # warm the upstream pool first, then attach to the process tree
@@ -717,6 +971,7 @@ class Bench:
         t_start = time.monotonic()
         self.start_backend()
         targets, wls = a.targets, [WL[w] for w in a.workloads]
+        self.prepare_chains(wls)
         log(f"throughput: {a.rounds} round(s) x {len(wls)} workloads x {len(targets)} targets, "
             f"{a.duration}s each (+{a.warmup}s warm-up)")
         for rnd in range(1, a.rounds + 1):
@@ -735,7 +990,7 @@ class Bench:
             for wl in wls:
                 for target in [t for t in targets if t != "direct"]:
                     try:
-                        v = self.instructions(wl, target) if self.countable(wl, target) else "n/a"
+                        v = self.countable(wl, target) or self.instructions(wl, target)
                     except BenchError as e:
                         v = "error"
                         self.notes.append(f"{target} / instructions / {wl['label']}: {e}")
@@ -746,7 +1001,7 @@ class Bench:
             for wl in wls:
                 for target in [t for t in targets if t != "direct"]:
                     try:
-                        v = self.syscalls(wl, target) if self.countable(wl, target) else "n/a"
+                        v = self.countable(wl, target) or self.syscalls(wl, target)
                     except BenchError as e:
                         v = "error"
                         self.notes.append(f"{target} / syscalls / {wl['label']}: {e}")

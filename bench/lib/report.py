@@ -115,7 +115,7 @@ def targets(b, rows):
         elif ratio is None:
             res = "n/a"
         else:
-            res = "PASS" if (ratio <= limit if op == "<=" else ratio >= limit) else "MISS"
+            res = "PASS" if {"<=": ratio <= limit, ">=": ratio >= limit, ">": ratio > limit}[op] else "MISS"
         out.append(dict(text=text, workload=wl, metric=key, peer=peer, short=short, unit=unit,
                         sluice=sv, ref=rv, ref_label=ref_label or TARGET_NAMES.get(peer, "—"),
                         ratio=ratio, op=op, limit=limit, result=res))
@@ -153,6 +153,26 @@ def targets(b, rows):
                         metric="kib_per_conn", peer=None, short="KiB/conn", unit=" KiB", sluice=v,
                         ref=0.75, ref_label="limit", ratio=v, op="<=", limit=0.75,
                         result="n/a" if v is None else ("PASS" if v <= 0.75 else "MISS")))
+    if "jwt" in wls:
+        add("JWT chain (jwt RS256 + rate_limit + headers): CPU µs/req vs HAProxy", "jwt",
+            "cpu_us_per_req", "haproxy", "<=", 0.7, "CPU/req")
+        add("JWT chain: req/s vs HAProxy", "jwt", "rps", "haproxy", None, None, "req/s")
+        # the same route without filters: sluice's own small GET of this run
+        sv, rv = val("jwt", "sluice", "cpu_us_per_req"), val("small", "sluice", "cpu_us_per_req")
+        ratio = sv / rv if sv is not None and rv else None
+        out.append(dict(text="JWT chain: CPU µs/req vs the same route without filters", workload="jwt",
+                        metric="cpu_us_per_req", peer="sluice-small", short="CPU/req vs no filters",
+                        unit="", sluice=sv, ref=rv,
+                        ref_label="sluice small GET" if "small" in wls else "sluice small GET (not run)",
+                        ratio=ratio, op="<=", limit=1.25,
+                        result="n/a" if ratio is None else ("PASS" if ratio <= 1.25 else "MISS")))
+    if "basic" in wls:
+        for p in PEERS:
+            add(f"basic-auth chain (bcrypt cost 10 + rate_limit): req/s vs {TARGET_NAMES[p]}", "basic",
+                "rps", p, ">", 100, "req/s")
+        for p in PEERS:
+            add(f"basic-auth chain: CPU µs/req vs {TARGET_NAMES[p]}", "basic", "cpu_us_per_req", p,
+                None, None, "CPU/req")
     if "h2small" in wls:
         p = best("h2small", "rps", lowest=False)
         add("HTTP/2 small GET: req/s vs the best peer", "h2small", "rps", p, ">=", 1.1, "req/s",
@@ -184,7 +204,8 @@ def target_lines(tg):
         elif t["peer"] is None:
             goal = f"{'≤' if t['op'] == '<=' else '≥'} {t['limit']}{t['unit']}"
         else:
-            goal = f"{'≤' if t['op'] == '<=' else '≥'} {t['limit']:.2f}×"
+            sign = {"<=": "≤", ">=": "≥", ">": ">"}[t["op"]]
+            goal = f"{sign} {t['limit']:.2f}×"
         L.append(f"| {t['text']} | {sv} | {ref} | {ratio} | {goal} | {t['result']} |")
     graded = [t for t in tg if t["op"] is not None]
     npass = sum(t["result"] == "PASS" for t in graded)
@@ -264,6 +285,24 @@ def write(b):
                      f"| {fmt(r['kib_per_conn'], 2)} |")
         L.append("")
         L.append("*direct* is the backend nginx worker (shared by all cells, so already warm).")
+    if b.enforce:
+        L.append("")
+        L.append("### Filter chains: enforcement probes (before each measured cell)")
+        L.append("")
+        L.append("Each chain cell first sends a request without credentials and one with bad "
+                 "credentials (401 expected from every target; anything else stops the cell as a "
+                 "setup error), then one with the bench's credentials (200 expected).")
+        L.append("")
+        L.append("| workload | target | probes |")
+        L.append("| --- | --- | --- |")
+        for (wl_id, t), txt in b.enforce.items():
+            L.append(f"| {b.wl_defs[wl_id]['label']} | {TARGET_NAMES[t]} | {txt} |")
+    if b.skipped:
+        L.append("")
+        L.append("### Cells not run (n/a)")
+        L.append("")
+        for label, t, why in b.skipped:
+            L.append(f"- {label} / {TARGET_NAMES[t]}: {why}")
     if tg:
         L.append("")
         L += target_lines(tg)
