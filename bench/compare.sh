@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # sluice vs nginx vs HAProxy (and the backend hit directly): one command.
 #
-#   bench/compare.sh            full run (3 rounds, ~10 minutes)
-#   bench/compare.sh --quick    one round (~3 minutes)
+#   bench/compare.sh            full run (3 rounds, ~12 minutes)
+#   bench/compare.sh --quick    one round (~4 minutes)
 #   bench/compare.sh --help     all options
 #
 # Installs what it needs from Debian (as root), builds sluice (Release) into
