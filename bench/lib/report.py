@@ -257,6 +257,10 @@ def write(b):
         direct = s["target"] == "direct"
         cpu = f"({fmt(s['cpu_pct'], 1)})" if direct else fmt(s["cpu_pct"], 1)
         cpuq = f"({fmt(s['cpu_us_per_req'], 2)})" if direct else fmt(s["cpu_us_per_req"], 2)
+        if s["target"] == "sluice":  # a target against sluice's own no-filter row
+            for t in tg:
+                if t["workload"] == s["workload"] and t["peer"] == "sluice-small":
+                    cpuq += f" · {_ratio(t['ratio'])}× small {t['result']}"
         L.append(f"| {label} | {name} | {fmt(s['rps'])}{flag} | {fmt(s['p50_ms'], 3)} | {fmt(s['p99_ms'], 3)} "
                  f"| {ratio('vs_nginx')} | {ratio('vs_haproxy')} | {ratio('vs_direct')} "
                  f"| {cpu} | {cpuq} | {fmt(s['instr_per_req'])} | {fmt(s['syscalls_per_req'], 2)} |")
