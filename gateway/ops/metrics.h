@@ -16,6 +16,7 @@
 struct evbuffer;
 struct ops_record;
 struct target;
+struct thread_cache;
 
 /* Counts a finished exchange: requests_total{route,code}, duration histogram. */
 void metrics_exchange_done(const struct ops_record *r);
@@ -35,6 +36,12 @@ void metrics_reload(bool ok);
 
 /* Appends the Prometheus text exposition of everything to `out`. */
 void metrics_render(struct evbuffer *out);
+
+/*
+ * Forgets the worker's table pointer kept in its thread cache (the worker
+ * calls it when its loop ends); the table itself stays for scraping.
+ */
+void metrics_cache_clear(struct thread_cache *tc);
 
 /* Frees the tables (at exit). */
 void metrics_free(void);
