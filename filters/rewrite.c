@@ -5,12 +5,12 @@
  * Order (SPEC 7): `path.regex` → `strip_prefix` → `add_prefix`. The regex
  * sees the normalised path without the query, and the query is kept as is.
  * The first match of the regex is replaced by `path.replace`, in which $0
- * is the whole match, $1..$9 the groups (an unset group is empty) and $$ a
- * literal $; the rest of the path around the match is kept (anchor the
- * regex with ^ and $ to replace the whole path). `strip_prefix` is
- * segment-aware like route prefixes: "/api" strips "/api" and "/api/x",
- * never "/apix"; stripping the whole path leaves "/". `add_prefix` is
- * joined without doubling the slash. A result that does not start with '/'
+ * is the whole match and $1..$9 the groups (an unset group is empty); any
+ * other '$' is literal, as everywhere in the configuration (where "$$" was
+ * already turned into "$" when the file was read); the rest of the path around the match is kept
+ * (anchor the regex with ^ and $ to replace the whole path). `strip_prefix` is segment-aware like
+ * route prefixes: "/api" strips "/api" and "/api/x", never "/apix"; stripping the whole path leaves
+ * "/". `add_prefix` is joined without doubling the slash. A result that does not start with '/'
  * gets one, so the upstream always receives an origin-form path. `host`
  * replaces the Host field (HTTP/2 upstreams get it as :authority); the
  * X-Forwarded-Host the gateway adds keeps the client's.
@@ -104,32 +104,24 @@ static int parse_replace(struct rewrite_filter *f, const char *src, uint32_t cap
         if (s[i] != '$') {
             if (!is_path_char(s[i])) {
                 config_error_add(err, ".path.replace",
-                                 "'%c' (byte 0x%02x) is not allowed in a path; write it "
+                                 "byte 0x%02x ('%c') is not allowed in a path; write it "
                                  "percent-encoded",
-                                 s[i] >= 0x21 && s[i] < 0x7f ? s[i] : '?', (unsigned char)s[i]);
+                                 (unsigned char)s[i], s[i] >= 0x21 && s[i] < 0x7f ? s[i] : '?');
                 return -1;
             }
             continue;
         }
+        if (i + 1 >= len || s[i + 1] < '0' || s[i + 1] > '9')
+            continue; /* a literal '$', as everywhere in the config (SPEC 2) */
         if (i > lit)
             f->pieces[f->num_pieces++] = (struct piece){slice_make(s + lit, i - lit), -1};
-        if (i + 1 < len && s[i + 1] == '$') {
-            f->pieces[f->num_pieces++] = (struct piece){slice_make(s + i, 1), -1};
-        } else if (i + 1 < len && s[i + 1] >= '0' && s[i + 1] <= '9') {
-            int g = s[i + 1] - '0';
-            if ((uint32_t)g > captures) {
-                config_error_add(err, ".path.replace",
-                                 "$%d names a group the regex does not have (it has %u)", g,
-                                 captures);
-                rc = -1;
-            }
-            f->pieces[f->num_pieces++] = (struct piece){slice_make("", 0), g};
-        } else {
+        int g = s[i + 1] - '0';
+        if ((uint32_t)g > captures) {
             config_error_add(err, ".path.replace",
-                             "'$' must be followed by a digit ($0..$9) or another '$' (a "
-                             "literal $)");
-            return -1;
+                             "$%d names a group the regex does not have (it has %u)", g, captures);
+            rc = -1;
         }
+        f->pieces[f->num_pieces++] = (struct piece){slice_make("", 0), g};
         i++;
         lit = i + 1;
     }
