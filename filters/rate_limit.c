@@ -22,7 +22,7 @@
  * store comes with a later version); `on_store_error` is validated and kept
  * for it, and means nothing for the local store, which cannot fail.
  */
-#include "rate_limit.h"
+#include "../filters/rate_limit.h"
 
 #include <inttypes.h>
 #include <pthread.h>

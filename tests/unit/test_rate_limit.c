@@ -12,7 +12,7 @@
 
 #include <jansson.h>
 
-#include "../../filters/rate_limit.h"
+#include "../filters/rate_limit.h"
 #include "base/arena.h"
 #include "conf/config.h"
 #include "core/exchange.h"
