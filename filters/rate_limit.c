@@ -205,12 +205,14 @@ static void insert_slot(struct rl_slot *slots, uint32_t cap, const struct rl_slo
 }
 
 /*
- * Rebuilds shard `sh` into `cap` slots, keeping the buckets that lack more
- * than `keep_above` units at `now_us` (0: drop only full ones, which are the
- * same as no bucket). Returns -1 when out of memory (the shard is unchanged).
+ * Rebuilds shard `sh` into `cap` slots, dropping up to `max_drop` buckets
+ * that lack at most `drop_upto` units at `now_us` (0: only full ones, which
+ * are the same as no bucket). Slots are in hash order, so when more buckets
+ * qualify than may go, the ones dropped are a random choice among them.
+ * Returns -1 when out of memory (the shard is unchanged).
  */
-static int rebuild(const struct rl_table *t, struct rl_shard *sh, uint32_t cap, int64_t keep_above,
-                   int64_t now_us)
+static int rebuild(const struct rl_table *t, struct rl_shard *sh, uint32_t cap, int64_t drop_upto,
+                   uint32_t max_drop, int64_t now_us)
 {
     struct rl_slot *n = calloc(cap, sizeof(*n));
     if (!n)
@@ -221,8 +223,10 @@ static int rebuild(const struct rl_table *t, struct rl_shard *sh, uint32_t cap, 
         if (!s->key)
             continue;
         refill(t, s, now_us);
-        if (t->capacity - s->tokens <= keep_above)
+        if (max_drop && t->capacity - s->tokens <= drop_upto) {
+            max_drop--;
             continue;
+        }
         insert_slot(n, cap, s);
         count++;
     }
@@ -243,20 +247,22 @@ static int rebuild(const struct rl_table *t, struct rl_shard *sh, uint32_t cap, 
 static int make_room(const struct rl_table *t, struct rl_shard *sh, int64_t now_us)
 {
     if (!sh->slots)
-        return rebuild(t, sh, RL_SHARD_MIN_SLOTS, 0, now_us);
-    if (rebuild(t, sh, sh->cap, 0, now_us) < 0)
+        return rebuild(t, sh, RL_SHARD_MIN_SLOTS, 0, 0, now_us);
+    if (rebuild(t, sh, sh->cap, 0, UINT32_MAX, now_us) < 0)
         return -1;
     if (sh->count <= sh->cap / 4)
         return 0;
     if (sh->cap < RL_SHARD_MAX_SLOTS)
-        return rebuild(t, sh, sh->cap * 2, 0, now_us);
-    /* Full of active buckets: a flood of distinct keys. Evict the least-used ones. */
-    int64_t margin = t->period_us; /* one token short, then doubling */
+        return rebuild(t, sh, sh->cap * 2, 0, 0, now_us);
+    /*
+     * Full of active buckets: a flood of distinct keys. Evict down to a
+     * quarter, the buckets closest to full first: those lacking at most one
+     * token, then two, four... (the emptiest, most limited, go last).
+     */
+    int64_t margin = t->period_us;
     while (sh->count > sh->cap / 4) {
-        if (rebuild(t, sh, sh->cap, margin, now_us) < 0)
+        if (rebuild(t, sh, sh->cap, margin, sh->count - sh->cap / 4, now_us) < 0)
             return -1;
-        if (margin >= t->capacity)
-            break;
         margin = margin > t->capacity / 2 ? t->capacity : margin * 2;
     }
     return 0;

@@ -19,7 +19,8 @@
  * table holds at most RL_MAX_BUCKETS buckets in RL_MAX_BYTES bytes of slots.
  * A bucket that has refilled completely is the same as no bucket, so such
  * entries are dropped whenever a shard fills up; when a shard is full of
- * active buckets, the ones closest to full are evicted first (their keys get
+ * active buckets, it is brought down to a quarter of its slots by evicting
+ * the buckets closest to full first (their keys get
  * a full bucket back: the flood costs accuracy for those keys, never memory).
  *
  * Thread: rl_table_new/rl_table_free on the loading thread / wherever the
