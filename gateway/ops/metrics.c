@@ -30,9 +30,10 @@ static const double duration_bounds[DURATION_BUCKETS] = {0.005, 0.01, 0.025, 0.0
                                                          0.5,   1,    2.5,   5,    10};
 
 enum series_kind {
-    SERIES_REQUEST = 1,  /* requests_total{route,code} + duration{route} */
-    SERIES_UPSTREAM,     /* upstream_requests_total{upstream,target,code} */
-    SERIES_CONNECT_ERROR /* upstream_connect_errors_total{upstream,target} */
+    SERIES_REQUEST = 1,   /* requests_total{route,code} + duration{route} */
+    SERIES_UPSTREAM,      /* upstream_requests_total{upstream,target,code} */
+    SERIES_CONNECT_ERROR, /* upstream_connect_errors_total{upstream,target} */
+    SERIES_RATE_LIMITED   /* rate_limited_total{route} */
 };
 
 struct series {
@@ -241,6 +242,11 @@ void metrics_connect_error(const char *upstream, const char *target)
     count(SERIES_CONNECT_ERROR, upstream, target, 0);
 }
 
+void metrics_rate_limited(const char *route)
+{
+    count(SERIES_RATE_LIMITED, route ? route : no_route, NULL, 0);
+}
+
 void metrics_connection_opened(const char *protocol)
 {
     atomic_fetch_add(protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1, 1);
@@ -392,6 +398,15 @@ void metrics_render(struct evbuffer *out)
             continue;
         evbuffer_add_printf(out, "sluice_upstream_connect_errors_total{");
         upstream_labels(out, s);
+        evbuffer_add_printf(out, "} %llu\n", (unsigned long long)s->count);
+    }
+    evbuffer_add_printf(out, "# TYPE sluice_rate_limited_total counter\n");
+    for (size_t i = 0; i < sum.cap; i++) {
+        const struct series *s = &sum.items[i];
+        if (s->kind != SERIES_RATE_LIMITED)
+            continue;
+        evbuffer_add_printf(out, "sluice_rate_limited_total{");
+        route_labels(out, s);
         evbuffer_add_printf(out, "} %llu\n", (unsigned long long)s->count);
     }
     free(sum.items);

@@ -27,6 +27,9 @@ void metrics_upstream_response(const char *upstream, const char *target, int cod
 /* Counts a failed connect: upstream_connect_errors_total{upstream,target}. */
 void metrics_connect_error(const char *upstream, const char *target);
 
+/* Counts a request a rate_limit filter refused: rate_limited_total{route}; NULL: no route. */
+void metrics_rate_limited(const char *route);
+
 /* Gauges. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);
