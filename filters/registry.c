@@ -21,12 +21,12 @@
     FILTER_AVAILABLE(api_key)                                                                      \
     FILTER_AVAILABLE(basic_auth)                                                                   \
     FILTER_PLANNED(jwt)                                                                            \
-    FILTER_PLANNED(rate_limit)                                                                     \
-    FILTER_PLANNED(rewrite)                                                                        \
+    FILTER_AVAILABLE(rate_limit)                                                                   \
+    FILTER_AVAILABLE(rewrite)                                                                      \
     FILTER_AVAILABLE(headers)                                                                      \
-    FILTER_PLANNED(cors)                                                                           \
+    FILTER_AVAILABLE(cors)                                                                         \
     FILTER_AVAILABLE(ip_filter)                                                                    \
-    FILTER_PLANNED(body_limit)
+    FILTER_AVAILABLE(body_limit)
 
 #define DECLARE_AVAILABLE(name) extern const struct filter_type filter_##name;
 #define DECLARE_PLANNED(name)

@@ -1,7 +1,8 @@
 /*
  * thread_cache: the per-thread caches of a worker in one struct
  * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c),
- * spare evbuffers (net/conn.c) and spare splice pipes (net/splice.c). The worker embeds one,
+ * spare evbuffers (net/conn.c), spare splice pipes (net/splice.c) and the
+ * worker's metrics table (ops/metrics.c). The worker embeds one,
  * registers it for its thread when its loop starts and empties it when the loop ends; the modules
  * reach it through thread_cache_self() without knowing about workers (they sit in lower layers). A
  * thread without a registered cache (the main thread, a unit test's thread) caches nothing: every
@@ -23,6 +24,7 @@
 
 struct arena;
 struct evbuffer;
+struct metrics_table;
 
 /* Spare arenas: enough for a busy HTTP/2 connection's streams; 256 KiB at most. */
 #define THREAD_CACHE_ARENAS 64
@@ -41,6 +43,8 @@ struct thread_cache {
     /* net/splice.c: empty pipes (read end, write end). */
     int pipes[THREAD_CACHE_PIPES][2];
     int num_pipes;
+    /* ops/metrics.c: this worker's counters (owned by the metrics module, which scrapes them). */
+    struct metrics_table *metrics;
 };
 
 /* The cache registered for the calling thread (NULL: none); see thread_cache_self(). */

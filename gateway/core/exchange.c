@@ -563,8 +563,20 @@ void exchange_start(struct exchange *x)
         exchange_reply(x);
         return;
     }
+    /*
+     * SPEC 7: a CORS preflight (OPTIONS with Origin and
+     * Access-Control-Request-Method) is routed as if its method were the
+     * requested one, so a route's `methods` need not list OPTIONS.
+     */
+    struct slice method = x->method;
+    const struct slice *acrm;
+    if (slice_eq(method, SLICE_LIT("OPTIONS")) &&
+        header_get(&x->req_headers, SLICE_LIT("Origin")) &&
+        (acrm = header_get(&x->req_headers, SLICE_LIT("Access-Control-Request-Method"))) &&
+        acrm->len)
+        method = *acrm;
     struct router_request rq = {
-        .method = x->method,
+        .method = method,
         .host = x->host,
         .path = x->path,
         .query = x->query,

@@ -12,6 +12,7 @@
 #include "base/clock.h"
 #include "conf/config.h"
 #include "ops/record.h"
+#include "base/thread_cache.h"
 
 /*
  * Each thread that counts owns a table of series. A series is keyed by the
@@ -29,9 +30,10 @@ static const double duration_bounds[DURATION_BUCKETS] = {0.005, 0.01, 0.025, 0.0
                                                          0.5,   1,    2.5,   5,    10};
 
 enum series_kind {
-    SERIES_REQUEST = 1,  /* requests_total{route,code} + duration{route} */
-    SERIES_UPSTREAM,     /* upstream_requests_total{upstream,target,code} */
-    SERIES_CONNECT_ERROR /* upstream_connect_errors_total{upstream,target} */
+    SERIES_REQUEST = 1,   /* requests_total{route,code} + duration{route} */
+    SERIES_UPSTREAM,      /* upstream_requests_total{upstream,target,code} */
+    SERIES_CONNECT_ERROR, /* upstream_connect_errors_total{upstream,target} */
+    SERIES_RATE_LIMITED   /* rate_limited_total{route} */
 };
 
 struct series {
@@ -46,17 +48,18 @@ struct series {
     double sum;
 };
 
-struct table {
+struct metrics_table {
     pthread_mutex_t lock;
     struct series *items;
     size_t count;
     size_t cap; /* power of two, open addressing */
-    struct table *next;
+    struct metrics_table *next;
 };
 
 static pthread_mutex_t tables_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct table *tables;
-static _Thread_local struct table *mine;
+static struct metrics_table *tables;
+/* The table of threads without a thread cache (main, unit tests): shared, under its lock. */
+static struct metrics_table *shared;
 
 /* Interned names: a list, searched only when a new series is made. */
 struct interned {
@@ -111,7 +114,7 @@ static bool same_name(const char *interned_name, const char *given)
     return strcmp(interned_name, given) == 0;
 }
 
-static int grow(struct table *t)
+static int grow(struct metrics_table *t)
 {
     size_t ncap = t->cap ? t->cap * 2 : 64;
     struct series *n = calloc(ncap, sizeof *n);
@@ -133,8 +136,8 @@ static int grow(struct table *t)
 }
 
 /* The series for these names in this thread's table (locked by the caller). */
-static struct series *lookup(struct table *t, enum series_kind kind, const char *a, const char *b,
-                             int code)
+static struct series *lookup(struct metrics_table *t, enum series_kind kind, const char *a,
+                             const char *b, int code)
 {
     if ((t->count + 1) * 2 > t->cap && grow(t) < 0)
         return NULL;
@@ -162,25 +165,43 @@ static struct series *lookup(struct table *t, enum series_kind kind, const char 
     return s;
 }
 
-static struct table *table(void)
+static struct metrics_table *table_new(void)
 {
-    if (mine)
-        return mine;
-    struct table *t = calloc(1, sizeof *t);
+    struct metrics_table *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
     pthread_mutex_init(&t->lock, NULL);
-    pthread_mutex_lock(&tables_lock);
     t->next = tables;
     tables = t;
-    pthread_mutex_unlock(&tables_lock);
-    mine = t;
     return t;
+}
+
+/*
+ * The calling thread's table: a worker's lives in its thread cache (made on
+ * first use, kept in the global list for scraping and freed by
+ * metrics_free); other threads share one.
+ */
+static struct metrics_table *table(void)
+{
+    struct thread_cache *tc = thread_cache_self();
+    if (tc && tc->metrics)
+        return tc->metrics;
+    pthread_mutex_lock(&tables_lock);
+    struct metrics_table *t = tc ? table_new() : (shared ? shared : (shared = table_new()));
+    pthread_mutex_unlock(&tables_lock);
+    if (tc)
+        tc->metrics = t;
+    return t;
+}
+
+void metrics_cache_clear(struct thread_cache *tc)
+{
+    tc->metrics = NULL; /* the table stays in the list: its counts outlive the thread */
 }
 
 static void count(enum series_kind kind, const char *a, const char *b, int code)
 {
-    struct table *t = table();
+    struct metrics_table *t = table();
     if (!t)
         return;
     pthread_mutex_lock(&t->lock);
@@ -196,7 +217,7 @@ void metrics_exchange_done(const struct ops_record *r)
 {
     double secs = (double)(r->end_us - r->start_us) / 1e6;
     int code = r->status >= 100 && r->status <= 999 ? r->status : 499;
-    struct table *t = table();
+    struct metrics_table *t = table();
     if (!t)
         return;
     pthread_mutex_lock(&t->lock);
@@ -221,6 +242,11 @@ void metrics_connect_error(const char *upstream, const char *target)
     count(SERIES_CONNECT_ERROR, upstream, target, 0);
 }
 
+void metrics_rate_limited(const char *route)
+{
+    count(SERIES_RATE_LIMITED, route ? route : no_route, NULL, 0);
+}
+
 void metrics_connection_opened(const char *protocol)
 {
     atomic_fetch_add(protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1, 1);
@@ -239,7 +265,7 @@ void metrics_reload(bool ok)
 /* ---- scraping ---------------------------------------------------------------- */
 
 /* Series summed across threads, keyed by interned names (equal names, equal pointers). */
-static struct series *merged_lookup(struct table *t, const struct series *s)
+static struct series *merged_lookup(struct metrics_table *t, const struct series *s)
 {
     if ((t->count + 1) * 2 > t->cap && grow(t) < 0)
         return NULL;
@@ -291,9 +317,9 @@ static void upstream_labels(struct evbuffer *out, const struct series *s)
 
 void metrics_render(struct evbuffer *out)
 {
-    struct table sum = {0};
+    struct metrics_table sum = {0};
     pthread_mutex_lock(&tables_lock);
-    for (struct table *t = tables; t; t = t->next) {
+    for (struct metrics_table *t = tables; t; t = t->next) {
         pthread_mutex_lock(&t->lock);
         for (size_t i = 0; i < t->cap; i++) {
             const struct series *s = &t->items[i];
@@ -321,7 +347,7 @@ void metrics_render(struct evbuffer *out)
         evbuffer_add_printf(out, ",code=\"%03d\"} %llu\n", s->code, (unsigned long long)s->count);
     }
     /* The duration histogram is per route: fold the per-code series together. */
-    struct table hist = {0};
+    struct metrics_table hist = {0};
     for (size_t i = 0; i < sum.cap; i++) {
         const struct series *s = &sum.items[i];
         if (s->kind != SERIES_REQUEST)
@@ -374,6 +400,15 @@ void metrics_render(struct evbuffer *out)
         upstream_labels(out, s);
         evbuffer_add_printf(out, "} %llu\n", (unsigned long long)s->count);
     }
+    evbuffer_add_printf(out, "# TYPE sluice_rate_limited_total counter\n");
+    for (size_t i = 0; i < sum.cap; i++) {
+        const struct series *s = &sum.items[i];
+        if (s->kind != SERIES_RATE_LIMITED)
+            continue;
+        evbuffer_add_printf(out, "sluice_rate_limited_total{");
+        route_labels(out, s);
+        evbuffer_add_printf(out, "} %llu\n", (unsigned long long)s->count);
+    }
     free(sum.items);
     evbuffer_add_printf(out,
                         "# TYPE sluice_connections_active gauge\n"
@@ -393,14 +428,14 @@ void metrics_free(void)
 {
     pthread_mutex_lock(&tables_lock);
     while (tables) {
-        struct table *t = tables;
+        struct metrics_table *t = tables;
         tables = t->next;
         free(t->items);
         pthread_mutex_destroy(&t->lock);
         free(t);
     }
+    shared = NULL;
     pthread_mutex_unlock(&tables_lock);
-    mine = NULL;
     pthread_mutex_lock(&intern_lock);
     while (interned_names) {
         struct interned *i = interned_names;

@@ -16,6 +16,7 @@
 struct evbuffer;
 struct ops_record;
 struct target;
+struct thread_cache;
 
 /* Counts a finished exchange: requests_total{route,code}, duration histogram. */
 void metrics_exchange_done(const struct ops_record *r);
@@ -26,6 +27,9 @@ void metrics_upstream_response(const char *upstream, const char *target, int cod
 /* Counts a failed connect: upstream_connect_errors_total{upstream,target}. */
 void metrics_connect_error(const char *upstream, const char *target);
 
+/* Counts a request a rate_limit filter refused: rate_limited_total{route}; NULL: no route. */
+void metrics_rate_limited(const char *route);
+
 /* Gauges. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);
@@ -35,6 +39,12 @@ void metrics_reload(bool ok);
 
 /* Appends the Prometheus text exposition of everything to `out`. */
 void metrics_render(struct evbuffer *out);
+
+/*
+ * Forgets the worker's table pointer kept in its thread cache (the worker
+ * calls it when its loop ends); the table itself stays for scraping.
+ */
+void metrics_cache_clear(struct thread_cache *tc);
 
 /* Frees the tables (at exit). */
 void metrics_free(void);

@@ -35,6 +35,7 @@
 #include "net/tls.h"
 #include "upstream/codec.h"
 #include "upstream/upstream.h"
+#include "proto/fields.h"
 
 /* Our stream window: what one stream may have in flight toward a slow client. */
 #define H2C_STREAM_WINDOW (256 * 1024)
@@ -253,17 +254,12 @@ static struct slice lower_copy(struct arena *a, struct slice s)
 /* RFC 9113 8.2.2: connection-specific fields never go on HTTP/2; TE only as "trailers". */
 static bool forbidden_field(const struct header *f)
 {
-    static const struct slice names[] = {
-        SLICE_LIT("connection"), SLICE_LIT("keep-alive"),        SLICE_LIT("proxy-connection"),
-        SLICE_LIT("upgrade"),    SLICE_LIT("transfer-encoding"), SLICE_LIT("http2-settings"),
-        SLICE_LIT("host"),       SLICE_LIT("content-length"),
-    };
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        if (slice_ieq(f->name, names[i]))
-            return true;
-    if (slice_ieq(f->name, SLICE_LIT("te")))
-        return !slice_ieq(f->value, SLICE_LIT("trailers"));
-    return false;
+    /* RFC 9113 8.2.2 through the one field table, plus what this codec writes itself. */
+    if (fields_h2_connection_specific(f->name, f->value, true))
+        return true;
+    return slice_ieq(f->name, SLICE_LIT("host")) ||
+           slice_ieq(f->name, SLICE_LIT("content-length")) ||
+           slice_ieq(f->name, SLICE_LIT("http2-settings"));
 }
 
 static nghttp2_nv make_nv(struct slice name, struct slice value)
