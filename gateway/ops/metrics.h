@@ -26,9 +26,11 @@ void metrics_upstream_response(const char *upstream, const char *target, int cod
 /* Counts a failed connect: upstream_connect_errors_total{upstream,target}. */
 void metrics_connect_error(const char *upstream, const char *target);
 
-/* Gauges. */
+/* Gauges: connections_active{protocol} ("http1", "h2", "websocket"), websocket_tunnels_active. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);
+void metrics_tunnel_opened(void);
+void metrics_tunnel_closed(void);
 
 /* Counts a reload: config_reloads_total{result}. */
 void metrics_reload(bool ok);
