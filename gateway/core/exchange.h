@@ -95,6 +95,13 @@ struct exchange_side_ops {
      */
     void (*tunnel)(struct exchange *x);
     void (*tunnel_shutdown)(struct exchange *x);
+    /*
+     * After tunnel(): the client socket, when the tunnel may move bytes on
+     * it directly (net/splice: a plain connection, nothing buffered either
+     * way). The codec then stops reading it and leaves reads and writes to
+     * the tunnel until the exchange ends. -1 otherwise; NULL: never.
+     */
+    int (*tunnel_fd)(struct exchange *x);
 };
 
 struct exchange_side {

@@ -13,6 +13,7 @@
 #include "core/exchange.h"
 #include "core/worker.h"
 #include "net/conn.h"
+#include "net/splice.h"
 #include "ops/metrics.h"
 #include "upstream/codec.h"
 
@@ -30,6 +31,9 @@ struct tunnel {
     bool client_fin_sent; /* ... and it went on to the upstream */
     bool up_fin;          /* the upstream sent its FIN (passed on to the client) */
     bool failed;          /* a write or a connection failed: abort from the loop */
+    /* Two plain sockets: the kernel moves the bytes, one pipe each way (net/splice). */
+    struct splice *c2u; /* client to upstream; NULL when evbuffers relay */
+    struct splice *u2c; /* upstream to client */
 };
 
 static void set_reason(struct tunnel *t, const char *why)
@@ -144,6 +148,128 @@ static const struct conn_events up_events = {
     .on_error = on_up_error,
 };
 
+/* ---- splice between two plain sockets ---------------------------------------------- */
+
+/* Stops one direction's transfer (its events may not fire again); NULL after. */
+static void splice_end(struct splice **s)
+{
+    splice_stop(*s);
+    *s = NULL;
+}
+
+static void on_c2u_read(void *owner, size_t n)
+{
+    struct tunnel *t = owner;
+    t->x->bytes_in += n;
+    activity(t);
+}
+
+static void on_u2c_written(void *owner, size_t n)
+{
+    struct tunnel *t = owner;
+    t->x->bytes_out += n;
+    activity(t);
+}
+
+static void on_nothing(void *owner, size_t n)
+{
+    (void)owner;
+    (void)n;
+}
+
+static void on_splice_wait(void *owner, enum splice_end end)
+{
+    (void)owner;
+    (void)end;
+}
+
+static void on_splice_done(void *owner)
+{
+    (void)owner; /* never: a tunnel's transfers have no length */
+}
+
+static void on_c2u_error(void *owner, enum splice_end end, int err)
+{
+    struct tunnel *t = owner;
+    if (end == SPLICE_SRC && err == 0) {
+        /* The client's FIN, after all it sent reached the upstream: pass it on. */
+        splice_end(&t->c2u);
+        t->client_fin = true;
+        set_reason(t, "client");
+        conn_shutdown_write(t->up);
+        t->client_fin_sent = true;
+        check_done(t);
+        return;
+    }
+    splice_end(&t->c2u);
+    fail_later(t, end == SPLICE_SRC ? "client" : "upstream");
+}
+
+static void on_u2c_error(void *owner, enum splice_end end, int err)
+{
+    struct tunnel *t = owner;
+    if (end == SPLICE_SRC && err == 0) {
+        splice_end(&t->u2c);
+        t->up_fin = true;
+        set_reason(t, "upstream");
+        t->x->client->ops->tunnel_shutdown(t->x);
+        check_done(t);
+        return;
+    }
+    splice_end(&t->u2c);
+    fail_later(t, end == SPLICE_DST ? "client" : "upstream");
+}
+
+static const struct splice_events c2u_events = {
+    .on_read = on_c2u_read,
+    .on_written = on_nothing,
+    .on_wait = on_splice_wait,
+    .on_done = on_splice_done,
+    .on_error = on_c2u_error,
+};
+
+static const struct splice_events u2c_events = {
+    .on_read = on_nothing,
+    .on_written = on_u2c_written,
+    .on_wait = on_splice_wait,
+    .on_done = on_splice_done,
+    .on_error = on_u2c_error,
+};
+
+/*
+ * Hands both directions to net/splice when both ends are plain sockets with
+ * nothing buffered (no pipe: the evbuffer relay goes on). The pipes are the
+ * buffers, so backpressure is theirs: a full pipe stops reading its source.
+ */
+static void splice_try(struct tunnel *t)
+{
+    struct exchange *x = t->x;
+    struct conn *up = t->up;
+    if (!x->client->ops->tunnel_fd || up->ssl || up->eof || evbuffer_get_length(up->in) ||
+        evbuffer_get_length(up->out) || evbuffer_get_length(x->req_body) || x->req_body_done)
+        return;
+    int a[2], b[2];
+    if (splice_pipe_get(a) < 0)
+        return;
+    if (splice_pipe_get(b) < 0) {
+        splice_pipe_put(a, true);
+        return;
+    }
+    int cfd = x->client->ops->tunnel_fd(x);
+    if (cfd < 0) {
+        splice_pipe_put(a, true);
+        splice_pipe_put(b, true);
+        return;
+    }
+    conn_read_enable(up, false);
+    struct event_base *base = x->worker->base;
+    t->c2u = splice_start(x->arena, base, a, cfd, up->fd, UINT64_MAX, &c2u_events, t);
+    t->u2c = splice_start(x->arena, base, b, up->fd, cfd, UINT64_MAX, &u2c_events, t);
+    /* Their events only record or defer: nothing ends the tunnel under these calls. */
+    splice_run(t->c2u);
+    splice_run(t->u2c);
+}
+
 /* ---- timers ------------------------------------------------------------------------ */
 
 static void on_idle(struct deadline *d)
@@ -193,6 +319,7 @@ struct tunnel *tunnel_start(struct exchange *x, struct upstream_stream *stream, 
     activity(t);
     /* Bytes that came with the 101 go to the client at once. */
     to_client(t);
+    splice_try(t);
     return t;
 }
 
@@ -218,6 +345,8 @@ void tunnel_stop(struct tunnel *t)
     t->stream = NULL;
     deadline_cancel(&t->idle);
     deadline_cancel(&t->kick);
+    splice_end(&t->c2u);
+    splice_end(&t->u2c);
     s->ops->cancel(s);
     metrics_tunnel_closed();
 }

@@ -301,6 +301,7 @@ static void h1_send_end(struct exchange *x)
     if (h->tunnel) {
         h->keepalive = false;
         h->body_done = true;
+        h->body_spliced = false;
     }
     if (!h->keepalive) {
         start_closing(h);
@@ -433,6 +434,17 @@ static void h1_tunnel_shutdown(struct exchange *x)
         conn_shutdown_write(h->conn);
 }
 
+static int h1_tunnel_fd(struct exchange *x)
+{
+    struct h1_conn *h = from_side(x);
+    if (h->tls || h->conn->ssl || h->write_failed || h->conn->eof || h->want_process ||
+        evbuffer_get_length(h->conn->in) > 0 || evbuffer_get_length(h->conn->out) > 0)
+        return -1;
+    h->body_spliced = true; /* read_body and pause_body leave the socket alone */
+    conn_read_enable(h->conn, false);
+    return h->conn->fd;
+}
+
 static const struct exchange_side_ops h1_ops = {
     .send_head = h1_send_head,
     .send_body = h1_send_body,
@@ -446,6 +458,7 @@ static const struct exchange_side_ops h1_ops = {
     .body_spliced = h1_body_spliced,
     .tunnel = h1_tunnel,
     .tunnel_shutdown = h1_tunnel_shutdown,
+    .tunnel_fd = h1_tunnel_fd,
 };
 
 /* ---- closing ------------------------------------------------------------- */

@@ -369,7 +369,7 @@ def test_client_that_stops_reading_bounds_memory(sluice, ws_backend):
 
 
 def test_many_concurrent_tunnels_and_gauges(sluice, ws_backend, tmp_path):
-    n = int(os.environ.get("SLUICE_WS_TUNNELS", "1000"))
+    n = int(os.environ.get("SLUICE_WS_TUNNELS", "2000"))
     b = ws_backend()
     log = tmp_path / "access.log"
     admin = f"127.0.0.1:{free_port()}"
@@ -450,3 +450,27 @@ def test_drain_lets_tunnels_finish_then_closes_them(sluice, ws_backend, tmp_path
     assert s.wait_exit(10) == 0
     assert any(r.get("close_reason") == "drain" and r["status"] == 101
                for r in log_records(log))
+
+
+def test_tls_client_side_relays_through_buffers(sluice, ws_backend, tmp_path):
+    import ssl
+    from backends.certs import make_ca, make_cert
+    make_ca(tmp_path, "ca", "WS Test CA")
+    make_cert(tmp_path, "ca", "api", "/CN=api.test", "DNS:api.test")
+    b = ws_backend()
+    listener = {"address": f"127.0.0.1:{free_port()}",
+                "tls": {"certificates": [{"cert": str(tmp_path / "api.pem"),
+                                          "key": str(tmp_path / "api.key")}]}}
+    s = sluice(ws_config(b, listen=[listener]))
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ctx.check_hostname = False
+
+    async def go():
+        async with websockets.connect(f"wss://127.0.0.1:{s.port}/chat", ssl=ctx,
+                                      server_hostname="api.test", max_size=None) as ws:
+            data = os.urandom(3 << 20)
+            await ws.send(data)
+            assert await ws.recv() == data
+            await ws.send("tls")
+            assert await ws.recv() == "tls"
+    run(go())
