@@ -166,6 +166,7 @@ struct exchange {
     char remote_addr[INET6_ADDRSTRLEN]; /* the peer IP, no port */
     bool expect_continue;               /* Expect: 100-continue was sent */
     bool upgrade;                       /* a WebSocket upgrade was asked for (SPEC 3.4) */
+    struct slice ws_accept; /* RFC 8441 bridge: the Sec-WebSocket-Accept the upstream owes */
 
     /* Routing and identity. */
     struct route_match match;

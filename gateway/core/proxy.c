@@ -547,6 +547,15 @@ static void on_head(void *owner)
             fail(p, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream switched protocols unasked");
             return;
         }
+        if (x->ws_accept.len) {
+            /* The gateway made the key (RFC 8441 bridge): the upstream must prove it read it. */
+            const struct slice *a = header_get(&x->resp_headers, SLICE_LIT("Sec-WebSocket-Accept"));
+            if (!a || !slice_eq(*a, x->ws_accept)) {
+                fail(p, UPSTREAM_FAIL_AFTER_SEND, 502,
+                     "the upstream's Sec-WebSocket-Accept does not match");
+                return;
+            }
+        }
         event_del(p->timer);
         exchange_send_head(x);
         p->tunnel = tunnel_start(x, p->stream, c);
@@ -658,6 +667,12 @@ static void proxy_start(struct exchange *x)
          */
         x->upgrade =
             r->websocket && x->client->ops->tunnel && codecs[r->upstream->protocol]->tunnel_conn;
+        if (!x->upgrade && x->protocol == XPROTO_HTTP2) {
+            /* An extended CONNECT has no plain form to fall back to (RFC 8441). */
+            exchange_respond_error(x, 501, "this route does not tunnel WebSockets");
+            exchange_reply(x);
+            return;
+        }
         if (x->upgrade && x->worker->net.draining) {
             exchange_respond_error(x, 503, "the gateway is shutting down");
             exchange_reply(x);

@@ -474,3 +474,156 @@ def test_tls_client_side_relays_through_buffers(sluice, ws_backend, tmp_path):
             await ws.send("tls")
             assert await ws.recv() == "tls"
     run(go())
+
+
+# --------------------------------------------------------------------------
+# RFC 8441: extended CONNECT on an HTTP/2 listener, bridged to an HTTP/1.1 upgrade
+
+
+class H2Ws:
+    """A python3-h2 client on a raw socket (prior-knowledge h2c)."""
+
+    def __init__(self, port):
+        import h2.config
+        import h2.connection
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                        normalize_outbound_headers=False,
+                                        validate_inbound_headers=False)
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.initiate_connection()
+        self.flush()
+        self.streams = {}
+        self.settings = {}
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def pump(self, until, timeout=10):
+        import h2.events
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting on the HTTP/2 connection")
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("connection closed")
+            for ev in self.conn.receive_data(data):
+                st = self.streams.setdefault(getattr(ev, "stream_id", 0) or 0,
+                                             {"headers": None, "data": bytearray(),
+                                              "ended": False, "reset": None})
+                if isinstance(ev, h2.events.RemoteSettingsChanged):
+                    for k, v in ev.changed_settings.items():
+                        self.settings[int(k)] = v.new_value
+                elif isinstance(ev, h2.events.ResponseReceived):
+                    st["headers"] = {k.decode(): v.decode() for k, v in ev.headers}
+                elif isinstance(ev, h2.events.DataReceived):
+                    st["data"] += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    st["ended"] = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    st["reset"] = ev.error_code
+            self.flush()
+
+    def connect(self, sid, path="/chat", extra=()):
+        self.streams[sid] = {"headers": None, "data": bytearray(), "ended": False, "reset": None}
+        self.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                     (":scheme", "http"), (":path", path),
+                                     (":authority", "example.test"),
+                                     ("sec-websocket-version", "13")] + list(extra))
+        self.flush()
+        self.pump(lambda: self.streams[sid]["headers"] is not None
+                  or self.streams[sid]["reset"] is not None)
+        return self.streams[sid]
+
+    def send(self, sid, data, end=False):
+        while data:
+            window = min(self.conn.local_flow_control_window(sid),
+                         self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.pump(lambda: self.conn.local_flow_control_window(sid) > 0)
+                continue
+            piece, data = data[:window], data[window:]
+            self.conn.send_data(sid, piece, end_stream=end and not data)
+            self.flush()
+        if end and not data:
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def server_frame(payload, opcode):
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x80 | opcode, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
+def test_rfc8441_extended_connect_bridged_to_http1(sluice, ws_backend, tmp_path):
+    b = ws_backend()
+    log = tmp_path / "access.log"
+    listener = {"address": f"127.0.0.1:{free_port()}", "protocols": ["h2c", "http/1.1"]}
+    s = sluice(ws_config(b, listen=[listener], access_log={"path": str(log)}))
+    c = H2Ws(s.port)
+    c.pump(lambda: 8 in c.settings)
+    assert c.settings[8] == 1  # SETTINGS_ENABLE_CONNECT_PROTOCOL
+    st = c.connect(1, extra=[("sec-websocket-protocol", "chat, superchat")])
+    assert st["headers"][":status"] == "200", st
+    assert st["headers"].get("sec-websocket-protocol") == "superchat"
+    assert "sec-websocket-accept" not in st["headers"]
+    headers = {k.lower(): v for k, v in b.last()["headers"]}
+    assert headers["upgrade"].lower() == "websocket" and "sec-websocket-key" in headers
+
+    c.send(1, frame(b"hello"))
+    want = server_frame(b"hello", 1)
+    c.pump(lambda: len(st["data"]) >= len(want))
+    assert bytes(st["data"][:len(want)]) == want
+
+    # More than one stream window (256 KiB) each way, under flow control.
+    big = os.urandom(600 * 1024)
+    del st["data"][:]
+    c.send(1, frame(big, opcode=2))
+    want = server_frame(big, 2)
+    c.pump(lambda: len(st["data"]) >= len(want), timeout=30)
+    assert hashlib.sha256(bytes(st["data"][:len(want)])).digest() == hashlib.sha256(want).digest()
+
+    # A close frame: the upstream answers and closes, which ends the stream.
+    del st["data"][:]
+    c.send(1, frame(struct.pack("!H", 1000), opcode=8))
+    c.pump(lambda: st["ended"] or st["reset"] is not None)
+    assert st["ended"] and st["reset"] is None
+    assert bytes(st["data"][:2]) == b"\x88\x02"
+    c.send(1, b"", end=True)
+
+    # RST_STREAM from the client closes the upstream connection.
+    st3 = c.connect(3)
+    assert st3["headers"][":status"] == "200"
+    before = len([e for e in b.ws_events if isinstance(e, tuple)])
+    c.conn.reset_stream(3)
+    c.flush()
+    wait_until(lambda: len([e for e in b.ws_events if isinstance(e, tuple)]) > before, 5,
+               what="the upstream WebSocket closed after RST_STREAM")
+    c.close()
+    wait_until(lambda: len([r for r in log_records(log) if r.get("status") == 101]) == 2, 5,
+               what="both tunnels logged")
+    recs = [r for r in log_records(log) if r.get("status") == 101]
+    assert all(r["protocol"] == "HTTP/2" for r in recs)
+    assert max(r["bytes_in"] for r in recs) > 600 * 1024
+    assert max(r["bytes_out"] for r in recs) > 600 * 1024
+
+
+def test_rfc8441_on_a_websocket_false_route_is_refused(sluice, ws_backend):
+    b = ws_backend()
+    listener = {"address": f"127.0.0.1:{free_port()}", "protocols": ["h2c", "http/1.1"]}
+    s = sluice(ws_config(b, listen=[listener], route={"websocket": False}))
+    c = H2Ws(s.port)
+    st = c.connect(1)
+    assert st["headers"][":status"] == "501"
+    c.close()
+    assert b.count == 0
