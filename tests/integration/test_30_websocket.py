@@ -627,3 +627,25 @@ def test_rfc8441_on_a_websocket_false_route_is_refused(sluice, ws_backend):
     assert st["headers"][":status"] == "501"
     c.close()
     assert b.count == 0
+
+
+def test_draining_refuses_new_upgrades_and_waits_for_open_tunnels(sluice, ws_backend):
+    b = ws_backend()
+    s = sluice(ws_config(b, limits={"drain_timeout_ms": 8000}))
+
+    async def go():
+        async with websockets.connect(uri(s), ping_interval=None) as ws:
+            s.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            # New connections are not accepted any more: no new upgrade either.
+            with pytest.raises((OSError, websockets.InvalidHandshake, asyncio.TimeoutError)):
+                await websockets.connect(uri(s), open_timeout=2)
+            await ws.send("still open")
+            assert await ws.recv() == "still open"
+            assert s.running()
+        t0 = time.monotonic()
+        return t0
+    t0 = run(go())
+    # The last tunnel closed: the drain ends without waiting for drain_timeout_ms.
+    assert s.wait_exit(10) == 0
+    assert time.monotonic() - t0 < 4
