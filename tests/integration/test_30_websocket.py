@@ -364,6 +364,44 @@ def test_client_that_stops_reading_bounds_memory(sluice, ws_backend):
     sock.close()
 
 
+def test_buffered_relay_bounds_memory_too(sluice, raw_backend):
+    """Bytes that come with the 101 keep the tunnel on the evbuffer relay
+    (no splice): its backpressure must hold as well."""
+    sent = {"n": 0}
+
+    def handler(conn, backend):
+        ServerSide(conn).read_head()
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\n\r\nx")
+        chunk = b"\0" * (1 << 20)
+        conn.settimeout(2)
+        try:
+            for _ in range(256):
+                conn.sendall(chunk)
+                sent["n"] += len(chunk)
+        except OSError:
+            pass
+    b = raw_backend(handler)
+    s = sluice({"upstreams": {"u": upstream(b.address)},
+                "routes": [{"match": {"prefix": "/"}, "upstream": "u"}]}, env=RSS_ENV)
+    base = s.rss_kib()
+    sock, head = handshake(s.port, rcvbuf=64 * 1024)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    with RssSampler(s) as rss:
+        time.sleep(3)
+    grew_mib = (rss.peak - base) / 1024
+    assert grew_mib < 24, f"RSS grew by {grew_mib:.1f} MiB while the client did not read"
+    assert sent["n"] < 64 << 20, f"the upstream could send {sent['n']} bytes"
+    # Reading again drains what was held: the tunnel was paused, not broken.
+    sock.settimeout(5)
+    got = 0
+    while got < 4 << 20:
+        chunk = sock.recv(1 << 20)
+        assert chunk
+        got += len(chunk)
+    sock.close()
+
+
 # --------------------------------------------------------------------------
 # many, visible, reload, drain
 
@@ -649,3 +687,25 @@ def test_draining_refuses_new_upgrades_and_waits_for_open_tunnels(sluice, ws_bac
     # The last tunnel closed: the drain ends without waiting for drain_timeout_ms.
     assert s.wait_exit(10) == 0
     assert time.monotonic() - t0 < 4
+
+
+def test_rfc8441_client_that_stops_reading_bounds_memory(sluice, ws_backend):
+    b = ws_backend()
+    listener = {"address": f"127.0.0.1:{free_port()}", "protocols": ["h2c", "http/1.1"]}
+    s = sluice(ws_config(b, listen=[listener]), env=RSS_ENV)
+    c = H2Ws(s.port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    st = c.connect(1)
+    assert st["headers"][":status"] == "200"
+    time.sleep(0.3)
+    base = s.rss_kib()
+    c.send(1, frame(b"flood"))
+    with RssSampler(s) as rss:
+        time.sleep(3)  # the upstream would send 512 MiB; the client's window stays shut
+    grew_mib = (rss.peak - base) / 1024
+    assert grew_mib < 24, f"RSS grew by {grew_mib:.1f} MiB while the client did not read"
+    assert "flood-ended" not in getattr(b, "ws_events", [])
+    # Reading again lets the tunnel go on.
+    before = len(st["data"])
+    c.pump(lambda: len(st["data"]) > before + (4 << 20), timeout=20)
+    c.close()
