@@ -20,7 +20,7 @@
 #define FILTER_TYPES(FILTER_AVAILABLE, FILTER_PLANNED)                                             \
     FILTER_PLANNED(api_key)                                                                        \
     FILTER_PLANNED(basic_auth)                                                                     \
-    FILTER_PLANNED(jwt)                                                                            \
+    FILTER_AVAILABLE(jwt)                                                                          \
     FILTER_PLANNED(rate_limit)                                                                     \
     FILTER_PLANNED(rewrite)                                                                        \
     FILTER_AVAILABLE(headers)                                                                      \
