@@ -4,12 +4,19 @@
  * claims, sets the consumer from `sub` and copies chosen claims into
  * request headers.
  *
- * create() reads every option, loads the keys (`secret`, `public_key_file`
- * or `jwks_file`; relative paths against the config file's folder) and
- * builds the two WWW-Authenticate challenges, so the request path only
- * decodes the token. Refusals are 401 with RFC 6750's challenge:
- * `Bearer realm="sluice"` when no token came, and the same with
- * `error="invalid_token"` for a token that failed.
+ * create() reads every option and loads the keys (`secret`,
+ * `public_key_file` or `jwks_file`; relative paths against the config
+ * file's folder), so the request path only decodes the token. Refusals are
+ * 401 with RFC 6750's challenge: `Bearer realm="sluice"` when no token
+ * came, and the same with `error="invalid_token"` for a token that failed.
+ *
+ * `jwks_url`: each worker's context fetches the JWKS on its own loop
+ * (filters/jwks_fetch.c, through the upstream layer) when it starts, then
+ * every `jwks_refresh_s`, and at once on an unknown `kid` (then at most
+ * once a minute). A request that arrives before the first keys, or whose
+ * kid started a refetch, pauses (FILTER_PAUSE) until the fetch ends; an
+ * arena cleanup unlinks it if the exchange ends first. No keys after a
+ * failed fetch is 503.
  *
  * Per worker (the filter context): a cache of verified tokens, keyed by
  * the SHA-256 of the token, kept until the token's `exp` (plus leeway);
@@ -27,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
@@ -39,6 +47,8 @@
 #include "core/exchange.h"
 #include "core/filter.h"
 #include "../filters/jwk.h"
+#include "../filters/jwks_fetch.h"
+#include "core/worker.h"
 
 /* Verified tokens remembered per worker and filter (a power of two). */
 #define JWT_CACHE_SLOTS 1024
@@ -56,7 +66,7 @@ struct claim_header {
 struct jwt_filter {
     unsigned algs; /* the allow-list, JWT_ALG_BIT()s */
     struct jwk_set keys;
-    char *jwks_url; /* NULL unless keys come from a URL */
+    struct jwks_source jwks; /* jwks.url NULL unless keys come from a URL */
     int jwks_refresh_s;
     char *issuer;
     char **audience;
@@ -78,11 +88,31 @@ struct cache_entry {
     struct slice values[]; /* one per claims_to_headers entry; base NULL when absent */
 };
 
+struct jwt_context;
+
+/* A request paused until a JWKS fetch ends (in the exchange's arena). */
+struct jwt_wait {
+    struct jwt_wait *prev, *next;
+    struct jwt_context *ctx;
+    struct exchange *x;
+    struct slice token;
+    struct event *wake; /* activated when the fetch ends: resumes from the loop */
+    bool linked;
+};
+
 struct jwt_context {
     const struct jwt_filter *f;
     struct worker *worker;
     struct cache_entry *slots[JWT_CACHE_SLOTS];
     unsigned long hits;
+    /* jwks_url only */
+    struct jwks_fetcher *fetcher;
+    struct event *refresh;
+    struct jwk_set *keys; /* the last good set; NULL until a fetch succeeded */
+    unsigned char keys_digest[SHA256_DIGEST_LENGTH]; /* of the document `keys` came from */
+    struct jwt_wait *waiters;
+    int64_t kid_fetch_ms; /* when an unknown kid last started a fetch; 0: never */
+    int64_t failed_ms;    /* when a fetch last failed while there were no keys */
 };
 
 static const char *const status_text[JWT_STATUS_COUNT] = {
@@ -332,7 +362,7 @@ static void jwt_destroy(const void *instance)
     if (!f)
         return;
     jwk_set_clear(&f->keys);
-    free(f->jwks_url);
+    jwks_source_clear(&f->jwks);
     free(f->issuer);
     free_strings(f->audience, f->num_audience);
     free(f->header);
@@ -441,12 +471,10 @@ static int parse_keys(struct jwt_filter *f, const json_t *options, struct config
         return 0;
     }
     if (strcmp(given, "jwks_url") == 0) {
-        if (strncmp(value, "http://", 7) != 0 || !value[7]) {
-            config_error_add(err, sub,
-                             "must be an http:// URL, e.g. \"http://idp:8080/jwks.json\"");
+        if (jwks_source_init(&f->jwks, value, why, sizeof(why)) < 0) {
+            config_error_add(err, sub, "%s", why);
             return -1;
         }
-        f->jwks_url = xstrdup(value);
         return 0;
     }
     char *path = config_resolve_path(err, value);
@@ -629,23 +657,121 @@ static const void *jwt_create(const json_t *options, struct config_error *err)
 /* ------------------------------------------------------------------ */
 /* per-worker cache */
 
+static void cache_clear(struct jwt_context *ctx)
+{
+    for (size_t i = 0; i < JWT_CACHE_SLOTS; i++) {
+        free(ctx->slots[i]);
+        ctx->slots[i] = NULL;
+    }
+}
+
+static void keys_free(struct jwk_set *set)
+{
+    if (set) {
+        jwk_set_clear(set);
+        free(set);
+    }
+}
+
+/* Every request waiting for the fetch continues from the loop (on_wake). */
+static void wake_all(struct jwt_context *ctx)
+{
+    while (ctx->waiters) {
+        struct jwt_wait *w = ctx->waiters;
+        ctx->waiters = w->next;
+        if (ctx->waiters)
+            ctx->waiters->prev = NULL;
+        w->linked = false;
+        w->prev = w->next = NULL;
+        event_active(w->wake, EV_TIMEOUT, 1);
+    }
+}
+
+/*
+ * A fetch ended. A document identical to the one in use changes nothing;
+ * a new one replaces the keys and empties the cache (a key may have been
+ * withdrawn); a failure keeps the keys in use. Either way the waiting
+ * requests go on.
+ */
+static void on_jwks(void *owner, const char *body, size_t len)
+{
+    struct jwt_context *ctx = owner;
+    const struct jwt_filter *f = ctx->f;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    if (body)
+        SHA256((const unsigned char *)body, len, digest);
+    if (body && !(ctx->keys && memcmp(digest, ctx->keys_digest, sizeof(digest)) == 0)) {
+        json_error_t jerr;
+        char why[300] = "";
+        json_t *doc = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+        struct jwk_set *set = calloc(1, sizeof(*set));
+        if (!doc)
+            snprintf(why, sizeof(why), "%s", jerr.text);
+        if (!doc || !set || jwk_set_add_jwks(set, doc, f->algs, why, sizeof(why)) < 0) {
+            log_warn("jwt: %s is not a usable JWKS: %s", f->jwks.url, why);
+            keys_free(set);
+        } else {
+            log_info("jwt: %zu keys from %s", set->count, f->jwks.url);
+            keys_free(ctx->keys);
+            ctx->keys = set;
+            memcpy(ctx->keys_digest, digest, sizeof(digest));
+            cache_clear(ctx);
+        }
+        json_decref(doc);
+    }
+    ctx->failed_ms = ctx->keys ? 0 : clock_mono_ms();
+    wake_all(ctx);
+}
+
+static void on_refresh(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct jwt_context *ctx = arg;
+    jwks_fetcher_start(ctx->fetcher);
+}
+
+/*
+ * With jwks_url, each worker fetches the keys on its own loop when it
+ * starts using the snapshot, then every jwks_refresh_s. Without a worker
+ * (unit tests) no fetch is possible: requests are answered 503.
+ */
 static void *jwt_context_new(const void *instance, struct worker *w)
 {
+    const struct jwt_filter *f = instance;
     struct jwt_context *ctx = calloc(1, sizeof(*ctx));
     if (!ctx)
         return NULL;
-    ctx->f = instance;
+    ctx->f = f;
     ctx->worker = w;
+    if (!f->jwks.url || !w)
+        return ctx;
+    ctx->fetcher = jwks_fetcher_new(&f->jwks, w->base, w->dns, on_jwks, ctx);
+    ctx->refresh = event_new(w->base, -1, EV_PERSIST, on_refresh, ctx);
+    if (!ctx->fetcher || !ctx->refresh) {
+        log_error("jwt: cannot start fetching %s: out of memory", f->jwks.url);
+        jwks_fetcher_free(ctx->fetcher);
+        ctx->fetcher = NULL;
+        return ctx;
+    }
+    const struct timeval every = {f->jwks_refresh_s, 0};
+    event_add(ctx->refresh, &every);
+    jwks_fetcher_start(ctx->fetcher);
     return ctx;
 }
 
+/* No request waits any more: each holds the worker's view, which outlives them. */
 static void jwt_context_free(const void *instance, void *context)
 {
+    (void)instance;
     struct jwt_context *ctx = context;
     if (!ctx)
         return;
-    for (size_t i = 0; i < JWT_CACHE_SLOTS; i++)
-        free(ctx->slots[i]);
+    cache_clear(ctx);
+    jwks_fetcher_free(ctx->fetcher);
+    if (ctx->refresh)
+        event_free(ctx->refresh);
+    keys_free(ctx->keys);
     free(ctx);
 }
 
@@ -778,19 +904,15 @@ static void cache_store(struct jwt_context *ctx, const unsigned char *digest, in
 }
 
 /*
- * Verifies `token` with `keys` and applies the result; on failure answers
- * 401. `digest` is the token's SHA-256, for the cache (ctx may be NULL).
- * Returns CONTINUE or RESPOND; *status tells why (for the JWKS refetch).
+ * Applies the outcome `st` of a verification (with its claims, which this
+ * takes over): on failure answers 401; on success caches the result and
+ * applies it. `digest` is the token's SHA-256, for the cache (ctx may be
+ * NULL). Returns CONTINUE or RESPOND.
  */
-static enum filter_verdict verify_and_apply(const struct jwt_filter *f, struct jwt_context *ctx,
-                                            const struct jwk_set *keys, struct exchange *x,
-                                            struct slice token, const unsigned char *digest,
-                                            int64_t now, enum jwt_status *status)
+static enum filter_verdict conclude(const struct jwt_filter *f, struct jwt_context *ctx,
+                                    struct exchange *x, const unsigned char *digest, int64_t now,
+                                    enum jwt_status st, json_t *claims)
 {
-    json_t *claims = NULL;
-    enum jwt_status st = jwt_check(f, keys, token, now, x->arena, &claims);
-    if (status)
-        *status = st;
     if (st != JWT_OK)
         return refuse(x, challenge_invalid, jwt_status_text(st));
 
@@ -810,6 +932,119 @@ static enum filter_verdict verify_and_apply(const struct jwt_filter *f, struct j
     json_decref(claims);
     apply(f, x, sub, values);
     return FILTER_CONTINUE;
+}
+
+static enum filter_verdict verify_and_apply(const struct jwt_filter *f, struct jwt_context *ctx,
+                                            const struct jwk_set *keys, struct exchange *x,
+                                            struct slice token, const unsigned char *digest,
+                                            int64_t now)
+{
+    json_t *claims = NULL;
+    enum jwt_status st = jwt_check(f, keys, token, now, x->arena, &claims);
+    return conclude(f, ctx, x, digest, now, st, claims);
+}
+
+static enum filter_verdict unavailable(struct exchange *x)
+{
+    exchange_respond_error(x, 503, "the token keys (jwks_url) are not available");
+    return FILTER_RESPOND;
+}
+
+/* The fetch ended: verify with what it gave, and let the pipeline go on. */
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct jwt_wait *w = arg;
+    struct jwt_context *ctx = w->ctx;
+    struct exchange *x = w->x;
+    enum filter_verdict v;
+    if (!ctx->keys) {
+        v = unavailable(x);
+    } else {
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        SHA256((const unsigned char *)w->token.base, w->token.len, digest);
+        v = verify_and_apply(ctx->f, ctx, ctx->keys, x, w->token, digest,
+                             (int64_t)clock_real().tv_sec);
+    }
+    exchange_resume(x, v); /* may free x, its arena and `w`: nothing after this */
+}
+
+/* The exchange ended (or resumed and ended): forget the waiter. */
+static void wait_cleanup(void *arg)
+{
+    struct jwt_wait *w = arg;
+    if (w->linked) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            w->ctx->waiters = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        w->linked = false;
+    }
+    event_free(w->wake);
+}
+
+/* Pauses the exchange until the fetch in flight ends (the pause contract of core/filter.h). */
+static enum filter_verdict wait_for_keys(struct jwt_context *ctx, struct exchange *x,
+                                         struct slice token)
+{
+    struct jwt_wait *w = arena_calloc(x->arena, sizeof(*w));
+    w->wake = event_new(ctx->worker->base, -1, 0, on_wake, w);
+    if (!w->wake)
+        return unavailable(x);
+    w->ctx = ctx;
+    w->x = x;
+    w->token = token;
+    w->next = ctx->waiters;
+    if (ctx->waiters)
+        ctx->waiters->prev = w;
+    ctx->waiters = w;
+    w->linked = true;
+    arena_cleanup_add(x->arena, wait_cleanup, w);
+    return FILTER_PAUSE;
+}
+
+/*
+ * An unknown kid may be a key the issuer added since the last fetch: the
+ * first time, fetch at once; then at most once a minute per worker, so a
+ * stream of made-up kids cannot turn into a stream of fetches. A fetch
+ * already in flight is joined.
+ */
+static bool refetch_for_kid(struct jwt_context *ctx)
+{
+    if (jwks_fetcher_busy(ctx->fetcher))
+        return true;
+    int64_t now = clock_mono_ms();
+    if (ctx->kid_fetch_ms && now - ctx->kid_fetch_ms < 60000)
+        return false;
+    ctx->kid_fetch_ms = now;
+    return jwks_fetcher_start(ctx->fetcher);
+}
+
+/* jwks_url: the keys may still be on their way, or a kid may call for a refetch. */
+static enum filter_verdict on_request_jwks(const struct jwt_filter *f, struct jwt_context *ctx,
+                                           struct exchange *x, struct slice token,
+                                           const unsigned char *digest, int64_t now)
+{
+    if (!ctx || !ctx->fetcher)
+        return unavailable(x);
+    if (!ctx->keys) {
+        if (!jwks_fetcher_busy(ctx->fetcher)) {
+            /* The last fetch failed: one more try per second, not one per request. */
+            if (ctx->failed_ms && clock_mono_ms() - ctx->failed_ms < 1000)
+                return unavailable(x);
+            if (!jwks_fetcher_start(ctx->fetcher))
+                return unavailable(x);
+        }
+        return wait_for_keys(ctx, x, token);
+    }
+    json_t *claims = NULL;
+    enum jwt_status st = jwt_check(f, ctx->keys, token, now, x->arena, &claims);
+    if (st == JWT_UNKNOWN_KID && refetch_for_kid(ctx))
+        return wait_for_keys(ctx, x, token);
+    return conclude(f, ctx, x, digest, now, st, claims);
 }
 
 static enum filter_verdict jwt_on_request(const void *instance, void *context, struct exchange *x,
@@ -844,7 +1079,9 @@ static enum filter_verdict jwt_on_request(const void *instance, void *context, s
             return FILTER_CONTINUE;
         }
     }
-    return verify_and_apply(f, ctx, NULL, x, token, digest, now, NULL);
+    if (f->jwks.url)
+        return on_request_jwks(f, ctx, x, token, digest, now);
+    return verify_and_apply(f, ctx, NULL, x, token, digest, now);
 }
 
 unsigned long jwt_cache_hits(const void *context)

@@ -279,3 +279,108 @@ def test_duplicate_members_and_non_objects_refused(gw):
                          ('{"alg":"HS256"}', '[1]')]:
         assert_invalid(get(s, "/hs", hs_raw(header, body)))
     assert get(s, "/hs", hs_raw('{"alg":"HS256"}', payload)).status == 200
+
+
+# --------------------------------------------------------------------------
+# jwks_url: keys fetched by the gateway from a real local HTTP server
+
+
+class JwksServer:
+    """What the JWKS backend serves: a document that tests change, an
+    optional delay, and a count of the fetches."""
+
+    def __init__(self, keys):
+        self.doc = {"keys": keys}
+        self.delay = 0.0
+        self.fetches = 0
+
+    async def handler(self, request, record, backend):
+        import asyncio
+
+        from aiohttp import web
+        self.fetches += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.json_response(self.doc)
+
+
+def jwks_gateway(sluice, backend, server, **options):
+    api = backend("api")
+    idp = backend("idp", handler=server.handler)
+    filt = {"type": "jwt", "algorithms": ["ES256", "EdDSA"],
+            "jwks_url": f"http://{idp.address}/.well-known/jwks.json"}
+    filt.update(options)
+    s = sluice({
+        "upstreams": {"api": upstream(api.address)},
+        "routes": [{"name": "api", "upstream": "api", "filters": [filt]}],
+    })
+    return s, api, idp
+
+
+def test_jwks_url_first_request_waits_for_the_fetch(sluice, backend, keys):
+    server = JwksServer([ec_jwk(keys["ec"], "ec-1")])
+    server.delay = 1.0
+    s, api, idp = jwks_gateway(sluice, backend, server)
+    token = pyjwt.encode(claims(), keys["ec"], algorithm="ES256", headers={"kid": "ec-1"})
+    started = time.monotonic()
+    r = get(s, "/x", token)
+    assert r.status == 200, r  # paused until the keys came, not refused
+    assert rec_header(api.last(), "authorization") == f"Bearer {token}"
+    assert time.monotonic() - started < 5
+    assert idp.last()["path"] == "/.well-known/jwks.json"
+
+
+def test_jwks_url_rotation_picks_up_a_new_kid(sluice, backend, keys):
+    server = JwksServer([ec_jwk(keys["ec"], "ec-1")])
+    s, api, idp = jwks_gateway(sluice, backend, server, jwks_refresh_s=3600)
+    old = pyjwt.encode(claims(), keys["ec"], algorithm="ES256", headers={"kid": "ec-1"})
+    new = pyjwt.encode(claims(), keys["ed"], algorithm="EdDSA", headers={"kid": "ed-2"})
+    assert get(s, "/x", old).status == 200
+    # The issuer rotates: the new kid is unknown to the gateway until it refetches,
+    # which it does at once the first time it sees the kid (each worker on its own).
+    server.doc = {"keys": [ec_jwk(keys["ec"], "ec-1"), ed_jwk(keys["ed"], "ed-2")]}
+    for _ in range(4):
+        r = get(s, "/x", new)
+        assert r.status == 200, r
+    assert get(s, "/x", old).status == 200
+
+    # A kid nobody publishes: refused, and the refetches it causes are bounded
+    # (at most one per worker and minute, whatever the number of requests).
+    before = server.fetches
+    bogus = pyjwt.encode(claims(), keys["ed"], algorithm="EdDSA", headers={"kid": "nope"})
+    for _ in range(10):
+        assert_invalid(get(s, "/x", bogus))
+    assert server.fetches - before <= 2, (before, server.fetches)
+
+
+def test_jwks_url_refresh_drops_a_withdrawn_key(sluice, backend, keys):
+    server = JwksServer([ec_jwk(keys["ec"], "ec-1"), ed_jwk(keys["ed"], "ed-1")])
+    s, api, idp = jwks_gateway(sluice, backend, server, jwks_refresh_s=1)
+    ec_token = pyjwt.encode(claims(), keys["ec"], algorithm="ES256", headers={"kid": "ec-1"})
+    for _ in range(4):  # verified, then served from each worker's cache
+        assert get(s, "/x", ec_token).status == 200
+    server.doc = {"keys": [ed_jwk(keys["ed"], "ed-1")]}
+    # every worker refetches within a second: the cached verdict goes with the key
+    deadline = time.monotonic() + 5
+    refused = 0
+    while time.monotonic() < deadline and refused < 4:
+        r = get(s, "/x", ec_token)
+        refused = refused + 1 if r.status == 401 else 0
+        time.sleep(0.1)
+    assert refused >= 4, "the withdrawn key was still accepted"
+    ed_token = pyjwt.encode(claims(), keys["ed"], algorithm="EdDSA", headers={"kid": "ed-1"})
+    assert get(s, "/x", ed_token).status == 200
+
+
+def test_jwks_url_unreachable_answers_503(sluice, backend, keys):
+    from conftest import free_port
+    api = backend("api")
+    s = sluice({
+        "upstreams": {"api": upstream(api.address)},
+        "routes": [{"name": "api", "upstream": "api", "filters": [
+            {"type": "jwt", "algorithms": ["ES256"],
+             "jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"}]}],
+    })
+    token = pyjwt.encode(claims(), keys["ec"], algorithm="ES256", headers={"kid": "ec-1"})
+    assert_gateway_error(get(s, "/x", token), 503)
+    assert api.count == 0

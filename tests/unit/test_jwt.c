@@ -763,6 +763,37 @@ static void test_options(void)
     f = create("{\"algorithms\": [\"HS256\"], \"secret\": \"0123456789abcdef0123456789abcdef\", "
                "\"lee_way\": 3}");
     ok(f == NULL, "unknown option");
+
+    /* jwks_url: http:// only, a host, a port in range; the refresh period with it */
+    const char *bad_urls[][2] = {
+        {"https://idp/jwks", "must be an http:// URL"}, {"http:///jwks", "needs a host"},
+        {"http://user@idp/jwks", "no user info"},       {"http://idp:0/jwks", "invalid port"},
+        {"http://idp:99999/jwks", "invalid port"},      {"http://[::1/jwks", "unclosed IPv6"},
+        {"http://idp/jwks#frag", "fragment"},
+    };
+    for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
+        char opts[256];
+        snprintf(opts, sizeof(opts), "{\"algorithms\": [\"RS256\"], \"jwks_url\": \"%s\"}",
+                 bad_urls[i][0]);
+        f = create(opts);
+        ok(f == NULL && has_error(".jwks_url: ") && has_error(bad_urls[i][1]), "%s",
+           bad_urls[i][0]);
+    }
+    const char *good_urls[] = {"http://127.0.0.1:8080/.well-known/jwks.json", "http://idp",
+                               "http://[::1]:9000/k?tenant=a", "http://idp.example.com/jwks"};
+    for (size_t i = 0; i < sizeof(good_urls) / sizeof(good_urls[0]); i++) {
+        char opts[256];
+        snprintf(opts, sizeof(opts),
+                 "{\"algorithms\": [\"RS256\"], \"jwks_url\": \"%s\", \"jwks_refresh_s\": 60}",
+                 good_urls[i]);
+        f = create(opts);
+        ok(f != NULL, "%s accepted", good_urls[i]);
+        if (f)
+            filter_jwt.destroy(f);
+    }
+    f = create("{\"algorithms\": [\"RS256\"], \"jwks_url\": \"http://idp/\", "
+               "\"jwks_refresh_s\": 0}");
+    ok(f == NULL && has_error(".jwks_refresh_s"), "refresh at least 1 s");
     config_error_clear(&err);
 }
 
@@ -892,6 +923,20 @@ static void test_hook(void)
         filter_jwt.destroy(f);
     }
     free(t);
+
+    /* jwks_url without a worker loop (no context able to fetch): 503, never a pass */
+    f = create("{\"algorithms\": [\"ES256\"], \"jwks_url\": \"http://127.0.0.1:9/jwks\"}");
+    if (f) {
+        void *c = filter_jwt.context_new(f, NULL);
+        struct exchange x;
+        new_exchange(&x);
+        header_add(&x.req_headers, SLICE_LIT("authorization"), SLICE_LIT("Bearer a.b.c"));
+        is_int(filter_jwt.on_request(f, c, &x, NULL), FILTER_RESPOND);
+        is_int(x.status, 503);
+        arena_free(x.arena);
+        filter_jwt.context_free(f, c);
+        filter_jwt.destroy(f);
+    }
 }
 
 int main(void)
