@@ -27,6 +27,8 @@
 
 /* RFC 7518 section 3.3 and 3.5: RSA keys of at least 2048 bits. */
 #define JWK_RSA_MIN_BITS 2048
+/* RFC 7518 section 3.2: an HMAC key at least as long as the hash; 32 bytes is HS256's. */
+#define JWK_OCT_MIN_BYTES 32
 
 static const char *const alg_names[JWT_ALG_COUNT] = {
     [JWT_HS256] = "HS256", [JWT_HS384] = "HS384", [JWT_HS512] = "HS512", [JWT_RS256] = "RS256",
@@ -380,6 +382,13 @@ static int add_jwk(struct jwk_set *set, const json_t *jwk, unsigned allowed, cha
         unsigned char *k = member_bytes(jwk, "k", &len, why, why_len);
         if (!k)
             return -1;
+        if (len < JWK_OCT_MIN_BYTES) {
+            OPENSSL_cleanse(k, len);
+            free(k);
+            snprintf(why, why_len, "an oct key needs at least %d bytes (RFC 7518 section 3.2)",
+                     JWK_OCT_MIN_BYTES);
+            return -1;
+        }
         if (pinned >= 0 && !(JWT_ALGS_HS & JWT_ALG_BIT(pinned))) {
             free(k);
             snprintf(why, why_len, "\"alg\": \"%s\" cannot be used with an oct key",

@@ -384,3 +384,19 @@ def test_jwks_url_unreachable_answers_503(sluice, backend, keys):
     token = pyjwt.encode(claims(), keys["ec"], algorithm="ES256", headers={"kid": "ec-1"})
     assert_gateway_error(get(s, "/x", token), 503)
     assert api.count == 0
+
+
+def test_config_endpoint_redacts_the_secret(sluice, backend):
+    from conftest import free_port, request
+    api = backend("api")
+    s = sluice({
+        "admin": {"address": f"127.0.0.1:{free_port()}"},
+        "upstreams": {"api": upstream(api.address)},
+        "routes": [{"name": "api", "upstream": "api", "filters": [
+            {"type": "jwt", "algorithms": ["HS256"], "secret": SECRET}]}],
+    })
+    _, port = s.admin
+    r = request(port, "GET", "/config")
+    assert r.status == 200, r
+    assert json.loads(r.body)["routes"][0]["filters"][0]["secret"] == "***"
+    assert SECRET.encode() not in r.body

@@ -755,6 +755,10 @@ static void test_options(void)
     write_file("bad_ec.json", bad_ec, strlen(bad_ec));
     f = create("{\"algorithms\": [\"ES256\"], \"jwks_file\": \"bad_ec.json\"}");
     ok(f == NULL && has_error("keys[0] (kid \"k1\"): \"x\", \"y\" is not a point"), "off-curve");
+    const char short_oct[] = "{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2hvcnQ\"}]}";
+    write_file("short.json", short_oct, strlen(short_oct));
+    f = create("{\"algorithms\": [\"HS256\"], \"jwks_file\": \"short.json\"}");
+    ok(f == NULL && has_error("keys[0]: an oct key needs at least 32 bytes"), "short oct key");
     f = create("{\"algorithms\": [\"HS256\"], \"secret\": \"0123456789abcdef0123456789abcdef\", "
                "\"jwks_url\": \"https://x/\"}");
     ok(f == NULL, "two sources again");
