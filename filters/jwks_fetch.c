@@ -231,7 +231,7 @@ static void on_body(void *owner, struct evbuffer *data, bool last)
 static void on_end(void *owner)
 {
     struct jwks_fetcher *f = owner;
-    f->stream = NULL; /* final: the connection went back to the pool */
+    /* Final, but the stream is still cancelled (end_fetch): that releases its buffers. */
     if (f->resp.status != 200) {
         char why[64];
         snprintf(why, sizeof(why), "status %d", f->resp.status);
@@ -250,8 +250,7 @@ static void on_fail(void *owner, enum upstream_failure why, int status, const ch
     (void)why;
     (void)status;
     struct jwks_fetcher *f = owner;
-    f->stream = NULL;
-    fail_later(f, message ? message : "the connection failed");
+    fail_later(f, message ? message : "the connection failed"); /* cancels: releases buffers */
 }
 
 static void on_body_drained(void *owner)
