@@ -20,7 +20,7 @@
 #define FILTER_TYPES(FILTER_AVAILABLE, FILTER_PLANNED)                                             \
     FILTER_AVAILABLE(api_key)                                                                      \
     FILTER_AVAILABLE(basic_auth)                                                                   \
-    FILTER_PLANNED(jwt)                                                                            \
+    FILTER_AVAILABLE(jwt)                                                                          \
     FILTER_AVAILABLE(rate_limit)                                                                   \
     FILTER_AVAILABLE(rewrite)                                                                      \
     FILTER_AVAILABLE(headers)                                                                      \

@@ -678,6 +678,7 @@ static void account(const struct exchange *x)
         r.upstream_name = x->upstream_name;
         r.upstream_target = x->upstream_target;
         r.error = x->error;
+        r.close_reason = x->close_reason;
         accesslog_write(&r);
     }
     metrics_exchange_done(&r);

@@ -84,6 +84,24 @@ struct exchange_side_ops {
     int (*body_splice_fd)(struct exchange *x, uint64_t *left);
     /* `n` more body bytes were taken from the socket (see body_splice_fd). */
     void (*body_spliced)(struct exchange *x, uint64_t n);
+    /*
+     * WebSocket (core/tunnel): the 101 head went out; from now on the
+     * request body is every byte the client sends (x->req_body_done at its
+     * FIN), send_body writes bytes unframed, tunnel_shutdown passes a FIN
+     * on once the output is flushed, send_end closes the connection after
+     * flushing, and the codec arms no timer of its own (the tunnel's idle
+     * timeout rules). NULL: the codec cannot tunnel (the upgrade fields are
+     * then not forwarded).
+     */
+    void (*tunnel)(struct exchange *x);
+    void (*tunnel_shutdown)(struct exchange *x);
+    /*
+     * After tunnel(): the client socket, when the tunnel may move bytes on
+     * it directly (net/splice: a plain connection, nothing buffered either
+     * way). The codec then stops reading it and leaves reads and writes to
+     * the tunnel until the exchange ends. -1 otherwise; NULL: never.
+     */
+    int (*tunnel_fd)(struct exchange *x);
 };
 
 struct exchange_side {
@@ -147,6 +165,8 @@ struct exchange {
     struct sockaddr_storage peer;
     char remote_addr[INET6_ADDRSTRLEN]; /* the peer IP, no port */
     bool expect_continue;               /* Expect: 100-continue was sent */
+    bool upgrade;                       /* a WebSocket upgrade was asked for (SPEC 3.4) */
+    struct slice ws_accept; /* RFC 8441 bridge: the Sec-WebSocket-Accept the upstream owes */
 
     /* Routing and identity. */
     struct route_match match;
@@ -163,6 +183,7 @@ struct exchange {
     bool resp_no_body;                /* HEAD, 1xx, 204, 304: no body whatever the headers say */
     bool gateway_response;            /* made by the gateway (SPEC 3.2 JSON or respond/redirect) */
     const char *error;                /* the SPEC 7 error code when the gateway made an error */
+    const char *close_reason;         /* a tunnel's: "client", "upstream", "idle", "drain" */
 
     /* Request body as decoded by the codec, waiting to go upstream. */
     struct evbuffer *req_body;

@@ -18,6 +18,7 @@
 #include "base/log.h"
 #include "conf/config.h"
 #include "core/exchange.h"
+#include "core/tunnel.h"
 #include "core/worker.h"
 #include "net/splice.h"
 #include "ops/metrics.h"
@@ -74,6 +75,7 @@ struct proxy {
     const char *last_message;
     struct splice *splice; /* a large body moving socket to socket; NULL otherwise */
     bool splice_request;   /* the splice carries the request body (else the response's) */
+    struct tunnel *tunnel; /* a WebSocket after its 101; NULL otherwise */
     bool finished;
 };
 
@@ -128,6 +130,7 @@ static void proxy_cancel(struct exchange *x)
     if (!p || p->finished)
         return;
     p->finished = true;
+    tunnel_stop(p->tunnel);
     splice_end(p);
     drop_stream(p);
     drop_target(p);
@@ -425,7 +428,7 @@ static bool response_splice_try(struct proxy *p)
 static void prepare_headers(struct exchange *x)
 {
     struct header_list *h = &x->req_headers;
-    fields_remove_hop_by_hop(h, false);
+    fields_remove_hop_by_hop(h, x->upgrade);
 
     /* X-Forwarded-For: every value the client sent, then the peer (SPEC 7). */
     static const struct slice xff = SLICE_LIT("X-Forwarded-For");
@@ -539,6 +542,28 @@ static void on_head(void *owner)
     x->upstream_head_us = clock_mono_us();
     metrics_upstream_response(p->cfg->name, p->target->name, x->status);
     p->state = P_BODY;
+    if (x->status == 101) {
+        /* A WebSocket (only an upgrade gets here): the 101, then the tunnel relays. */
+        struct conn *c = p->codec->tunnel_conn ? p->codec->tunnel_conn(p->stream) : NULL;
+        if (!c) {
+            fail(p, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream switched protocols unasked");
+            return;
+        }
+        if (x->ws_accept.len) {
+            /* The gateway made the key (RFC 8441 bridge): the upstream must prove it read it. */
+            const struct slice *a = header_get(&x->resp_headers, SLICE_LIT("Sec-WebSocket-Accept"));
+            if (!a || !slice_eq(*a, x->ws_accept)) {
+                fail(p, UPSTREAM_FAIL_AFTER_SEND, 502,
+                     "the upstream's Sec-WebSocket-Accept does not match");
+                return;
+            }
+        }
+        event_del(p->timer);
+        exchange_send_head(x);
+        p->tunnel = tunnel_start(x, p->stream, c);
+        p->stream = NULL;
+        return;
+    }
     /* The upstream's timeout counts again from each byte (SPEC 7 "slow readers"). */
     if (!p->codec->head_then_body)
         arm(p, p->timeout_ms);
@@ -635,8 +660,28 @@ static void attempt(struct proxy *p)
 
 static void proxy_start(struct exchange *x)
 {
-    struct proxy *p = arena_calloc(x->arena, sizeof *p);
     const struct route_config *r = x->route;
+    if (x->upgrade) {
+        /*
+         * SPEC 3.4: an upgrade goes through only where the route allows it
+         * and both sides can tunnel (an HTTP/1.1 upstream); elsewhere the
+         * upgrade fields are dropped and the request goes as a plain one.
+         */
+        x->upgrade =
+            r->websocket && x->client->ops->tunnel && codecs[r->upstream->protocol]->tunnel_conn;
+        if (!x->upgrade && x->protocol == XPROTO_HTTP2) {
+            /* An extended CONNECT has no plain form to fall back to (RFC 8441). */
+            exchange_respond_error(x, 501, "this route does not tunnel WebSockets");
+            exchange_reply(x);
+            return;
+        }
+        if (x->upgrade && x->worker->net.draining) {
+            exchange_respond_error(x, 503, "the gateway is shutting down");
+            exchange_reply(x);
+            return;
+        }
+    }
+    struct proxy *p = arena_calloc(x->arena, sizeof *p);
     p->x = x;
     x->proxy = p;
     p->cfg = r->upstream;
@@ -670,6 +715,7 @@ static void proxy_start(struct exchange *x)
         .has_body = x->req_has_body,
         .length = x->req_length,
         .te_trailers = te_trailers,
+        .upgrade = x->upgrade,
     };
     header_list_init(&p->resp.trailers, x->arena, 0);
     p->resp.length = -1;
@@ -678,12 +724,21 @@ static void proxy_start(struct exchange *x)
 
 static void proxy_on_request_body(struct exchange *x)
 {
-    pump(x->proxy);
+    struct proxy *p = x->proxy;
+    if (p->tunnel) {
+        tunnel_on_client_data(p->tunnel);
+        return;
+    }
+    pump(p);
 }
 
 static void proxy_on_client_drain(struct exchange *x)
 {
     struct proxy *p = x->proxy;
+    if (p->tunnel) {
+        tunnel_on_client_drain(p->tunnel);
+        return;
+    }
     if (p->splice && !p->splice_request)
         return; /* a response splice watches the client socket itself */
     if (!p->upstream_paused || !p->stream)

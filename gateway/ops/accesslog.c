@@ -192,6 +192,8 @@ static size_t format_json(const struct ops_record *r, const struct tm *tm, long 
         put_string(&w, ",\"client_subject\":", r->client_subject);
     if (r->error)
         put_string(&w, ",\"error\":", slice_cstr(r->error));
+    if (r->close_reason)
+        put_string(&w, ",\"close_reason\":", slice_cstr(r->close_reason));
     json_writer_raw(&w, "}\n", 2);
     return json_writer_length(&w, buf);
 }

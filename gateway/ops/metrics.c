@@ -71,6 +71,8 @@ static struct interned *interned_names;
 
 static atomic_long conns_http1;
 static atomic_long conns_h2;
+static atomic_long conns_websocket; /* HTTP/1 connections that became a WebSocket tunnel */
+static atomic_long tunnels;         /* open tunnels, HTTP/1 and HTTP/2 (RFC 8441) */
 static atomic_long reloads_ok;
 static atomic_long reloads_error;
 
@@ -247,14 +249,31 @@ void metrics_rate_limited(const char *route)
     count(SERIES_RATE_LIMITED, route ? route : no_route, NULL, 0);
 }
 
+static atomic_long *conns_gauge(const char *protocol)
+{
+    if (protocol[0] == 'w')
+        return &conns_websocket;
+    return protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1;
+}
+
 void metrics_connection_opened(const char *protocol)
 {
-    atomic_fetch_add(protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1, 1);
+    atomic_fetch_add(conns_gauge(protocol), 1);
 }
 
 void metrics_connection_closed(const char *protocol)
 {
-    atomic_fetch_sub(protocol[0] == 'h' && protocol[1] == '2' ? &conns_h2 : &conns_http1, 1);
+    atomic_fetch_sub(conns_gauge(protocol), 1);
+}
+
+void metrics_tunnel_opened(void)
+{
+    atomic_fetch_add(&tunnels, 1);
+}
+
+void metrics_tunnel_closed(void)
+{
+    atomic_fetch_sub(&tunnels, 1);
 }
 
 void metrics_reload(bool ok)
@@ -413,10 +432,14 @@ void metrics_render(struct evbuffer *out)
     evbuffer_add_printf(out,
                         "# TYPE sluice_connections_active gauge\n"
                         "sluice_connections_active{protocol=\"http1\"} %ld\n"
-                        "sluice_connections_active{protocol=\"h2\"} %ld\n",
-                        atomic_load(&conns_http1), atomic_load(&conns_h2));
-    evbuffer_add_printf(out, "# TYPE sluice_websocket_tunnels_active gauge\n"
-                             "sluice_websocket_tunnels_active 0\n");
+                        "sluice_connections_active{protocol=\"h2\"} %ld\n"
+                        "sluice_connections_active{protocol=\"websocket\"} %ld\n",
+                        atomic_load(&conns_http1), atomic_load(&conns_h2),
+                        atomic_load(&conns_websocket));
+    evbuffer_add_printf(out,
+                        "# TYPE sluice_websocket_tunnels_active gauge\n"
+                        "sluice_websocket_tunnels_active %ld\n",
+                        atomic_load(&tunnels));
     evbuffer_add_printf(out,
                         "# TYPE sluice_config_reloads_total counter\n"
                         "sluice_config_reloads_total{result=\"ok\"} %ld\n"

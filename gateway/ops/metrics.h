@@ -30,9 +30,11 @@ void metrics_connect_error(const char *upstream, const char *target);
 /* Counts a request a rate_limit filter refused: rate_limited_total{route}; NULL: no route. */
 void metrics_rate_limited(const char *route);
 
-/* Gauges. */
+/* Gauges: connections_active{protocol} ("http1", "h2", "websocket"), websocket_tunnels_active. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);
+void metrics_tunnel_opened(void);
+void metrics_tunnel_closed(void);
 
 /* Counts a reload: config_reloads_total{result}. */
 void metrics_reload(bool ok);

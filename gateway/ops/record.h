@@ -43,8 +43,9 @@ struct ops_record {
     int64_t upstream_head_us;
     const char *upstream_name;   /* NULL when none */
     const char *upstream_target; /* NULL when none */
-    const char *route; /* the route's name (a snapshot string: metrics key on it), or NULL */
-    const char *error; /* SPEC 7 error code when the gateway made an error, or NULL */
+    const char *route;        /* the route's name (a snapshot string: metrics key on it), or NULL */
+    const char *error;        /* SPEC 7 error code when the gateway made an error, or NULL */
+    const char *close_reason; /* a WebSocket tunnel's (client, upstream, idle, drain), or NULL */
 };
 
 #endif

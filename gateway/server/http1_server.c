@@ -64,6 +64,8 @@ struct h1_conn {
     bool client_keepalive; /* the current request allows another one after it */
     bool write_failed;     /* a write to the client failed; close from the loop */
     bool handed_off;       /* the socket went to the HTTP/2 codec (h2c preface) */
+    bool tunnel;           /* a WebSocket after its 101: raw bytes both ways (core/tunnel) */
+    bool tunnel_shut;      /* the tunnel passed the upstream's FIN on: shut down once flushed */
     /* request body */
     enum http1_framing req_framing;
     uint64_t req_left;
@@ -119,7 +121,7 @@ static void destroy(struct h1_conn *h)
         net_loop_conn_detach(&h->w->net, &h->link); /* the connection lives on in http2_server */
     else
         net_loop_conn_removed(&h->w->net, &h->link);
-    metrics_connection_closed("http1");
+    metrics_connection_closed(h->tunnel ? "websocket" : "http1");
     free(h->client_subject);
     free(h);
 }
@@ -176,7 +178,13 @@ static void h1_send_head(struct exchange *x)
     h->keepalive = !h->close_after && !h->w->net.draining && h->client_keepalive;
     h->resp_chunked = false;
     h->resp_close_delimited = false;
-    header_remove(&x->resp_headers, SLICE_LIT("Connection"));
+    if (x->status == 101) {
+        /* A WebSocket's 101 keeps the upstream's Upgrade and "Connection: upgrade". */
+        h->keepalive = true; /* no "Connection: close": the connection becomes the tunnel */
+        h->close_after = true;
+    } else {
+        header_remove(&x->resp_headers, SLICE_LIT("Connection"));
+    }
     if (!x->resp_no_body && x->resp_length < 0) {
         header_remove(&x->resp_headers, SLICE_LIT("Transfer-Encoding"));
         if (h->client_10) {
@@ -250,6 +258,11 @@ static void h1_send_body(struct exchange *x, struct evbuffer *data)
 {
     struct h1_conn *h = from_side(x);
     size_t len = evbuffer_get_length(data);
+    if (h->tunnel) {
+        evbuffer_add_buffer(h->conn->out, data);
+        flush_or_fail(h);
+        return;
+    }
     if (len == 0 || x->resp_no_body) {
         evbuffer_drain(data, len);
         flush_or_fail(h);
@@ -286,6 +299,11 @@ static void h1_send_end(struct exchange *x)
     h->x = NULL;
     h->resp_done = true;
     flush_or_fail(h);
+    if (h->tunnel) {
+        h->keepalive = false;
+        h->body_done = true;
+        h->body_spliced = false;
+    }
     if (!h->keepalive) {
         start_closing(h);
         return;
@@ -316,7 +334,7 @@ static void h1_pause_body(struct exchange *x, bool pause)
         return; /* the proxy reads the socket itself */
     h->body_paused = pause;
     conn_read_enable(h->conn, !pause);
-    if (!pause && evbuffer_get_length(h->conn->in) > 0) {
+    if (!pause && (evbuffer_get_length(h->conn->in) > 0 || (h->tunnel && h->conn->eof))) {
         h->want_process = true;
         kick(h);
     }
@@ -390,6 +408,44 @@ static void h1_body_spliced(struct exchange *x, uint64_t n)
     conn_read_enable(h->conn, true);
 }
 
+/* The 101 went out: from now on the connection carries the tunnel's raw bytes. */
+static void h1_tunnel(struct exchange *x)
+{
+    struct h1_conn *h = from_side(x);
+    h->tunnel = true;
+    metrics_connection_closed("http1");
+    metrics_connection_opened("websocket");
+    h->body_done = false;
+    h->body_paused = false;
+    stop_timer(h);    /* the tunnel's idle timeout rules now */
+    flush_or_fail(h); /* the 101 */
+    conn_read_enable(h->conn, true);
+    if (evbuffer_get_length(h->conn->in) > 0 || h->conn->eof) {
+        h->want_process = true;
+        kick(h);
+    }
+}
+
+/* The upstream sent its FIN: pass it on once everything before it is written. */
+static void h1_tunnel_shutdown(struct exchange *x)
+{
+    struct h1_conn *h = from_side(x);
+    h->tunnel_shut = true;
+    if (evbuffer_get_length(h->conn->out) == 0)
+        conn_shutdown_write(h->conn);
+}
+
+static int h1_tunnel_fd(struct exchange *x)
+{
+    struct h1_conn *h = from_side(x);
+    if (h->tls || h->conn->ssl || h->write_failed || h->conn->eof || h->want_process ||
+        evbuffer_get_length(h->conn->in) > 0 || evbuffer_get_length(h->conn->out) > 0)
+        return -1;
+    h->body_spliced = true; /* read_body and pause_body leave the socket alone */
+    conn_read_enable(h->conn, false);
+    return h->conn->fd;
+}
+
 static const struct exchange_side_ops h1_ops = {
     .send_head = h1_send_head,
     .send_body = h1_send_body,
@@ -401,6 +457,9 @@ static const struct exchange_side_ops h1_ops = {
     .splice_fd = h1_splice_fd,
     .body_splice_fd = h1_body_splice_fd,
     .body_spliced = h1_body_spliced,
+    .tunnel = h1_tunnel,
+    .tunnel_shutdown = h1_tunnel_shutdown,
+    .tunnel_fd = h1_tunnel_fd,
 };
 
 /* ---- closing ------------------------------------------------------------- */
@@ -458,6 +517,19 @@ static bool read_body(struct h1_conn *h)
     if (h->body_spliced)
         return true; /* the proxy reads the rest from the socket */
     struct evbuffer *in = h->conn->in;
+    if (h->tunnel) {
+        /* Raw bytes until the client's FIN; no framing, no body limit, no timer. */
+        size_t len = evbuffer_get_length(in);
+        evbuffer_add_buffer(x->req_body, in);
+        x->bytes_in += len;
+        if (h->conn->eof) {
+            h->body_done = true;
+            x->req_body_done = true;
+        }
+        if (len || h->body_done)
+            exchange_on_request_body(x);
+        return !h->dead;
+    }
     bool moved = false;
     while (!h->body_done && evbuffer_get_length(in) > 0) {
         if (h->req_framing == HTTP1_BODY_LENGTH) {
@@ -544,6 +616,12 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     x->protocol = rq->minor_version == 0 ? XPROTO_HTTP10 : XPROTO_HTTP11;
     h->client_10 = rq->minor_version == 0;
     h->client_keepalive = client_wants_keepalive(x);
+    /* SPEC 3.4: a WebSocket upgrade (RFC 6455 4.1); the proxy decides whether it goes through. */
+    if (rq->minor_version == 1) {
+        if (header_has_token(&x->req_headers, SLICE_LIT("Upgrade"), SLICE_LIT("websocket")) &&
+            header_has_token(&x->req_headers, SLICE_LIT("Connection"), SLICE_LIT("upgrade")))
+            x->upgrade = true;
+    }
     x->bytes_in = (uint64_t)head_len;
     evbuffer_drain(h->conn->in, (size_t)head_len);
 
@@ -687,7 +765,7 @@ static void process(struct h1_conn *h)
             else if (h->x && h->body_done &&
                      evbuffer_get_length(h->conn->in) > (size_t)limits(h)->max_header_bytes)
                 conn_read_enable(h->conn, false); /* pipelined bytes wait their turn */
-            if (h->conn->eof && h->x && !h->body_done) {
+            if (h->conn->eof && h->x && !h->body_done && !h->tunnel) {
                 close_now(h); /* the client went away mid-body */
             }
             break;
@@ -729,6 +807,8 @@ static void on_writable(struct conn *c)
         }
         return;
     }
+    if (h->tunnel_shut && evbuffer_get_length(h->conn->out) == 0)
+        conn_shutdown_write(h->conn);
     if (h->x) {
         h->busy++;
         exchange_on_client_drain(h->x);
@@ -817,6 +897,8 @@ static void on_drain(struct client_conn *link)
 static void on_stop(struct client_conn *link)
 {
     struct h1_conn *h = (struct h1_conn *)link;
+    if (h->tunnel && h->x)
+        h->x->close_reason = "drain"; /* drain_timeout_ms passed with the tunnel open */
     h->busy++;
     close_now(h);
     leave(h);

@@ -21,6 +21,7 @@
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "proto/fields.h"
+#include "proto/websocket.h"
 #include "net/tls.h"
 #include "core/worker.h"
 
@@ -74,7 +75,8 @@ struct h2_stream {
     size_t num_trailers;
     int32_t id;
     struct slice authority;
-    size_t header_bytes; /* decoded, this header block */
+    struct slice protocol; /* :protocol of an extended CONNECT (RFC 8441) */
+    size_t header_bytes;   /* decoded, this header block */
     size_t header_fields;
     uint64_t req_total; /* request body bytes */
     int error_status;   /* answer this instead of starting (431) */
@@ -92,6 +94,8 @@ struct h2_stream {
     bool ended;        /* send_end or abort: no more response bytes */
     bool want_drain;   /* pending() was high: tell the exchange when it drains */
     bool closed;       /* nghttp2 closed the stream */
+    bool websocket;    /* an extended CONNECT for a WebSocket, bridged to an HTTP/1.1 upgrade */
+    bool tunnel;       /* its 200 went out: DATA both ways is the tunnel's (core/tunnel) */
 };
 
 struct h2_conn {
@@ -357,6 +361,9 @@ static void h2_send_head(struct exchange *x)
     nghttp2_nv *nva = arena_alloc(x->arena, (l->count + 1) * sizeof *nva);
     size_t n = 0;
     int status = x->status >= 100 && x->status <= 999 ? x->status : 500;
+    bool tunnel = s->websocket && status == 101;
+    if (tunnel)
+        status = 200; /* RFC 8441 5: the upstream's 101 is the client's 2xx */
     char *code = arena_alloc(x->arena, 4);
     snprintf(code, 4, "%03d", status);
     nva[n++] = make_nv((uint8_t *)":status", 7, slice_make(code, 3));
@@ -367,10 +374,13 @@ static void h2_send_head(struct exchange *x)
             continue;
         if (drop_length && slice_ieq(name, SLICE_LIT("Content-Length")))
             continue;
+        if (tunnel && (slice_ieq(name, SLICE_LIT("Sec-WebSocket-Accept")) ||
+                       slice_ieq(name, SLICE_LIT("Upgrade"))))
+            continue; /* the key was the gateway's; HTTP/2 has no Upgrade */
         nva[n++] = make_nv(lower_name(x->arena, name), name.len, l->items[i].value);
     }
     nghttp2_data_provider dp = {.source.ptr = s, .read_callback = on_read_data};
-    s->has_provider = !x->resp_no_body;
+    s->has_provider = !x->resp_no_body || tunnel;
     s->head_submitted = true;
     if (nghttp2_submit_response(h->session, s->id, nva, n, s->has_provider ? &dp : NULL) != 0)
         s->has_provider = false;
@@ -474,6 +484,27 @@ static void h2_send_continue(struct exchange *x)
     schedule(s->h);
 }
 
+/* The 200 is queued: DATA both ways now carries the WebSocket's bytes. */
+static void h2_tunnel(struct exchange *x)
+{
+    struct h2_stream *s = from_side(x);
+    s->tunnel = true;
+    x->req_has_body = true;
+    x->req_body_done = false;
+    s->body_dirty = true; /* DATA that came early, or END_STREAM, goes on from the loop */
+    schedule(s->h);
+}
+
+/* The upstream sent its FIN: END_STREAM once the DATA before it left. */
+static void h2_tunnel_shutdown(struct exchange *x)
+{
+    struct h2_stream *s = from_side(x);
+    s->ended = true;
+    if (!s->closed && s->has_provider)
+        nghttp2_session_resume_data(s->h->session, s->id);
+    schedule(s->h);
+}
+
 static const struct exchange_side_ops h2_ops = {
     .send_head = h2_send_head,
     .send_body = h2_send_body,
@@ -481,6 +512,8 @@ static const struct exchange_side_ops h2_ops = {
     .pause_body = h2_pause_body,
     .pending = h2_pending,
     .abort = h2_abort,
+    .tunnel = h2_tunnel,
+    .tunnel_shutdown = h2_tunnel_shutdown,
     .send_continue = h2_send_continue,
 };
 
@@ -618,6 +651,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
             x->target = v;
         else if (slice_eq(n, SLICE_LIT(":authority")))
             s->authority = v;
+        else if (slice_eq(n, SLICE_LIT(":protocol")))
+            s->protocol = v;
         return 0;
     }
     if (x->req_headers.count + 1 > (size_t)lim->max_headers) {
@@ -657,7 +692,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream
     s->req_total += len;
     s->body_dirty = true;
     uint64_t max = limits(h)->max_body_bytes;
-    if (max && s->req_total > max)
+    if (max && s->req_total > max && !s->websocket)
         s->too_big = true;
     return 0;
 }
@@ -714,7 +749,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         return 0;
     struct h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
     /* The response is complete but the request is not: the rest is not wanted (RFC 9113 8.1). */
-    if (s && !s->remote_ended)
+    if (s && !s->remote_ended && !s->tunnel)
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
     return 0;
 }
@@ -733,6 +768,32 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
 }
 
 /* ---- the loop ------------------------------------------------------------------ */
+
+/*
+ * RFC 8441: an extended CONNECT for a WebSocket goes upstream as an
+ * HTTP/1.1 upgrade (a GET with Upgrade, Connection and a key the gateway
+ * makes; Sec-WebSocket-Version, -Protocol and -Extensions pass as sent).
+ * Its DATA is the tunnel's, not a request body, until the 200.
+ */
+static void bridge_websocket(struct h2_conn *h, struct h2_stream *s)
+{
+    struct exchange *x = s->x;
+    s->websocket = true;
+    x->method = SLICE_LIT("GET");
+    x->upgrade = true;
+    x->req_has_body = false;
+    x->req_body_done = true;
+    x->req_length = -1;
+    uint64_t r[2] = {worker_random(h->w), worker_random(h->w)};
+    char *key = arena_alloc(x->arena, WEBSOCKET_KEY_SIZE);
+    char *accept = arena_alloc(x->arena, WEBSOCKET_ACCEPT_SIZE);
+    websocket_key((const uint8_t *)r, key);
+    websocket_accept(slice_cstr(key), accept);
+    x->ws_accept = slice_cstr(accept);
+    header_set(&x->req_headers, SLICE_LIT("Upgrade"), SLICE_LIT("websocket"));
+    header_set(&x->req_headers, SLICE_LIT("Connection"), SLICE_LIT("upgrade"));
+    header_set(&x->req_headers, SLICE_LIT("Sec-WebSocket-Key"), slice_cstr(key));
+}
 
 /* Copies what the callbacks collected into the exchange and starts it. */
 static void start_stream(struct h2_conn *h, struct h2_stream *s)
@@ -770,6 +831,9 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
     }
     x->req_has_body = !s->headers_ended && x->req_length != 0;
     x->req_body_done = !x->req_has_body;
+    if (s->protocol.len && slice_eq(x->method, SLICE_LIT("CONNECT")) &&
+        slice_ieq(s->protocol, SLICE_LIT("websocket")))
+        bridge_websocket(h, s);
     const struct slice *expect = header_get(&x->req_headers, SLICE_LIT("Expect"));
     if (expect) {
         x->expect_continue = slice_ieq(*expect, SLICE_LIT("100-continue"));
@@ -1046,6 +1110,9 @@ static void on_drain(struct client_conn *link)
 static void on_stop(struct client_conn *link)
 {
     struct h2_conn *h = (struct h2_conn *)link;
+    for (struct h2_stream *s = h->streams; s; s = s->next)
+        if (s->tunnel && s->x)
+            s->x->close_reason = "drain"; /* drain_timeout_ms passed with the tunnel open */
     h->busy++;
     close_now(h);
     leave(h);
@@ -1106,6 +1173,8 @@ static int new_session(struct h2_conn *h)
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)lim->max_header_bytes},
         {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, H2_HEADER_TABLE_SIZE},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        /* RFC 8441: WebSockets arrive as extended CONNECT (SPEC 3.4). */
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };
     if (nghttp2_submit_settings(h->session, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof *iv) != 0 ||
         nghttp2_session_set_local_window_size(h->session, NGHTTP2_FLAG_NONE, 0, H2_CONN_WINDOW) !=

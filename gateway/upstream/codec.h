@@ -40,6 +40,7 @@
 #include "base/slice.h"
 
 struct arena;
+struct conn;
 struct evbuffer;
 struct target;
 struct upstream_config;
@@ -66,6 +67,7 @@ struct upstream_request {
     bool has_body;                     /* a body follows (length > 0 or unknown) */
     int64_t length;                    /* the body's length, -1 when unknown (streamed) */
     bool te_trailers; /* the client sent "TE: trailers": forward it where the protocol allows */
+    bool upgrade;     /* a WebSocket upgrade (Upgrade kept in headers): a 101 is expected */
 };
 
 /* What the codec fills in for the head event (and trailers for the end event). */
@@ -170,6 +172,16 @@ struct upstream_codec_ops {
     void (*request_spliced)(struct upstream_stream *s);
     int (*response_splice_fd)(struct upstream_stream *s, uint64_t *left);
     void (*response_spliced)(struct upstream_stream *s, uint64_t n);
+    /*
+     * After on_head reported a 101 to a request with `upgrade`: the
+     * stream's connection, from now on raw bytes both ways (a WebSocket
+     * tunnel, core/tunnel). The stream sends no event any more; the caller
+     * takes the connection's events (conn_set_owner) and reads any bytes
+     * already in its input first. cancel() closes the connection: a
+     * tunnelled one never goes back to the pool. NULL: the codec never
+     * upgrades (a 101 is then a failure).
+     */
+    struct conn *(*tunnel_conn)(struct upstream_stream *s);
 };
 
 #endif

@@ -39,6 +39,7 @@ enum h1c_state {
     H1C_CONNECTING, /* non-blocking connect (and TLS handshake) in progress */
     H1C_WAIT_HEAD,  /* request sent or being sent, waiting for the response head */
     H1C_BODY,       /* reading the response body */
+    H1C_TUNNEL,     /* a 101 to an upgrade: the connection is the owner's tunnel's */
     H1C_DONE,       /* ended, failed or cancelled: the connection is gone */
 };
 
@@ -407,6 +408,39 @@ static void deliver(struct h1_upstream_stream *s, int done)
         fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream closed the connection mid-body");
 }
 
+/*
+ * The upstream accepted a WebSocket upgrade: the head (Upgrade and
+ * Connection: upgrade kept) goes to the owner, and from now on the
+ * connection carries raw bytes for the owner's tunnel (tunnel_conn); bytes
+ * after the head stay in its input.
+ */
+static void upgraded(struct h1_upstream_stream *s, const char *buf, int r,
+                     const struct http1_response_head *rs)
+{
+    struct upstream_response *resp = s->resp;
+    struct arena *a = s->rq->arena;
+    char *copy = arena_alloc(a, (size_t)r);
+    memcpy(copy, buf, (size_t)r);
+    ptrdiff_t shift = copy - buf;
+    struct header *fields = arena_alloc(a, (rs->num_headers + 8) * sizeof *fields);
+    for (size_t i = 0; i < rs->num_headers; i++) {
+        fields[i].name = slice_make(rs->headers[i].name.base + shift, rs->headers[i].name.len);
+        fields[i].value = slice_make(rs->headers[i].value.base + shift, rs->headers[i].value.len);
+    }
+    header_list_wrap(&resp->headers, a, fields, rs->num_headers);
+    resp->headers.cap = rs->num_headers + 8;
+    fields_remove_hop_by_hop(&resp->headers, true);
+    header_remove(&resp->headers, SLICE_LIT("Content-Length"));
+    evbuffer_drain(s->uc->conn.in, (size_t)r);
+    resp->status = 101;
+    resp->length = -1;
+    s->state = H1C_TUNNEL;
+    s->keepalive_ok = false;
+    if (s->defer)
+        event_del(s->defer);
+    emit_head(s);
+}
+
 /* Parses the response head and goes on with the body that came with it. */
 static void read_head(struct h1_upstream_stream *s)
 {
@@ -427,6 +461,10 @@ static void read_head(struct h1_upstream_stream *s)
             break;
         if (r < 0) {
             fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream sent an invalid response");
+            return;
+        }
+        if (rs.status == 101 && s->rq->upgrade) {
+            upgraded(s, buf, r, &rs);
             return;
         }
         if (rs.status >= 100 && rs.status < 200) {
@@ -501,6 +539,8 @@ static void read_head(struct h1_upstream_stream *s)
 
 static void on_input(struct h1_upstream_stream *s)
 {
+    if (s->state == H1C_TUNNEL)
+        return; /* the tunnel reads the connection now */
     if (s->state == H1C_WAIT_HEAD)
         read_head(s);
     else if (s->state == H1C_BODY && !s->paused)
@@ -590,7 +630,7 @@ static void on_conn_error(struct conn *c, int err)
 static void on_defer(evutil_socket_t fd, short what, void *arg)
 {
     struct h1_upstream_stream *s = arg;
-    if (s->state == H1C_DONE)
+    if (s->state == H1C_DONE || s->state == H1C_TUNNEL)
         return;
     if (s->want_slot) {
         s->want_slot = false;
@@ -652,6 +692,14 @@ static void h1_response_spliced(struct upstream_stream *b, uint64_t n)
     s->left -= n <= s->left ? n : s->left;
 }
 
+static struct conn *h1_tunnel_conn(struct upstream_stream *b)
+{
+    struct h1_upstream_stream *s = from_base(b);
+    if (s->state != H1C_TUNNEL || !s->uc)
+        return NULL;
+    return &s->uc->conn;
+}
+
 const struct upstream_codec_ops http1_client_codec = {
     .name = "http/1.1",
     .te_trailers = false,
@@ -665,4 +713,5 @@ const struct upstream_codec_ops http1_client_codec = {
     .request_spliced = h1_request_spliced,
     .response_splice_fd = h1_response_splice_fd,
     .response_spliced = h1_response_spliced,
+    .tunnel_conn = h1_tunnel_conn,
 };

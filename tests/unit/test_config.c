@@ -560,7 +560,9 @@ static void test_shipped_files(void)
     static const char *const files[] = {"../../config/sluice.json",
                                         "../../config/examples/basic.json",
                                         "../../config/examples/balancing.json",
-                                        "../../config/examples/redirect_respond.json", NULL};
+                                        "../../config/examples/redirect_respond.json",
+                                        "../../config/examples/jwt.json",
+                                        NULL};
     if (access(files[0], R_OK) != 0) {
         printf("# skipped shipped files: run from tests/unit\n");
         return;
