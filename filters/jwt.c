@@ -36,6 +36,7 @@
 
 #include <event2/event.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 
 #include "base/arena.h"
@@ -103,6 +104,13 @@ struct jwt_wait {
 struct jwt_context {
     const struct jwt_filter *f;
     struct worker *worker;
+    /*
+     * The cache key's SHA-256, fetched once and reused: OpenSSL's one-shot
+     * SHA256() looks the algorithm up and allocates a context per call,
+     * which cost more than the rest of a cached request.
+     */
+    EVP_MD *sha256;
+    EVP_MD_CTX *md;
     struct cache_entry *slots[JWT_CACHE_SLOTS];
     unsigned long hits;
     /* jwks_url only */
@@ -744,6 +752,8 @@ static void *jwt_context_new(const void *instance, struct worker *w)
         return NULL;
     ctx->f = f;
     ctx->worker = w;
+    ctx->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    ctx->md = EVP_MD_CTX_new();
     if (!f->jwks.url || !w)
         return ctx;
     ctx->fetcher = jwks_fetcher_new(&f->jwks, w->base, w->dns, on_jwks, ctx);
@@ -772,7 +782,20 @@ static void jwt_context_free(const void *instance, void *context)
     if (ctx->refresh)
         event_free(ctx->refresh);
     keys_free(ctx->keys);
+    EVP_MD_CTX_free(ctx->md);
+    EVP_MD_free(ctx->sha256);
     free(ctx);
+}
+
+/* The token's SHA-256, the cache's key; the context's reusable digest when it has one. */
+static void token_digest(struct jwt_context *ctx, struct slice token,
+                         unsigned char out[SHA256_DIGEST_LENGTH])
+{
+    if (ctx->sha256 && ctx->md && EVP_DigestInit_ex(ctx->md, ctx->sha256, NULL) == 1 &&
+        EVP_DigestUpdate(ctx->md, token.base, token.len) == 1 &&
+        EVP_DigestFinal_ex(ctx->md, out, NULL) == 1)
+        return;
+    SHA256((const unsigned char *)token.base, token.len, out);
 }
 
 static size_t slot_of(const unsigned char *digest)
@@ -963,7 +986,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
         v = unavailable(x);
     } else {
         unsigned char digest[SHA256_DIGEST_LENGTH];
-        SHA256((const unsigned char *)w->token.base, w->token.len, digest);
+        token_digest(ctx, w->token, digest);
         v = verify_and_apply(ctx->f, ctx, ctx->keys, x, w->token, digest,
                              (int64_t)clock_real().tv_sec);
     }
@@ -1065,7 +1088,7 @@ static enum filter_verdict jwt_on_request(const void *instance, void *context, s
     int64_t now = (int64_t)clock_real().tv_sec;
     unsigned char digest[SHA256_DIGEST_LENGTH];
     if (ctx) {
-        SHA256((const unsigned char *)token.base, token.len, digest);
+        token_digest(ctx, token, digest);
         const struct cache_entry *e = cache_find(ctx, digest, now);
         if (e) {
             /* Copied: the entry may be evicted while the exchange still runs. */
