@@ -156,13 +156,37 @@ static bool leave(struct h1_conn *h)
 
 /* ---- responses ------------------------------------------------------------- */
 
-/* Read before the proxy strips Connection from the request (RFC 9112 9.3). */
-static bool client_wants_keepalive(const struct exchange *x)
+/*
+ * One pass over the request's fields for what the connection needs from
+ * them, read before the proxy strips Connection (RFC 9112 9.3): whether the
+ * client keeps the connection alive (HTTP/1.1 unless "close"; HTTP/1.0 only
+ * with "keep-alive"), and whether it asks for a WebSocket upgrade (RFC 6455
+ * 4.1: "Upgrade: websocket" with "Connection: upgrade", HTTP/1.1 only).
+ */
+static void scan_connection_fields(const struct exchange *x, bool *keepalive, bool *upgrade)
 {
-    static const struct slice conn_name = SLICE_LIT("Connection");
-    if (x->protocol == XPROTO_HTTP10)
-        return header_has_token(&x->req_headers, conn_name, SLICE_LIT("keep-alive"));
-    return !header_has_token(&x->req_headers, conn_name, SLICE_LIT("close"));
+    bool close = false, keep = false, conn_upgrade = false, ws = false;
+    const struct header_list *l = &x->req_headers;
+    for (size_t i = 0; i < l->count; i++) {
+        struct slice name = l->items[i].name, v = l->items[i].value, e;
+        if (name.len == 10 && slice_ieq(name, SLICE_LIT("Connection"))) {
+            while (header_next_element(&v, &e)) {
+                if (slice_ieq(e, SLICE_LIT("close")))
+                    close = true;
+                else if (slice_ieq(e, SLICE_LIT("keep-alive")))
+                    keep = true;
+                else if (slice_ieq(e, SLICE_LIT("upgrade")))
+                    conn_upgrade = true;
+            }
+        } else if (name.len == 7 && slice_ieq(name, SLICE_LIT("Upgrade"))) {
+            while (header_next_element(&v, &e))
+                if (slice_ieq(e, SLICE_LIT("websocket")))
+                    ws = true;
+        }
+    }
+    bool http10 = x->protocol == XPROTO_HTTP10;
+    *keepalive = http10 ? keep : !close;
+    *upgrade = !http10 && ws && conn_upgrade;
 }
 
 static void h1_send_head(struct exchange *x)
@@ -615,13 +639,8 @@ static void start_request(struct h1_conn *h, const char *buf, int head_len,
     x->target = slice_make(rq->target.base + shift, rq->target.len);
     x->protocol = rq->minor_version == 0 ? XPROTO_HTTP10 : XPROTO_HTTP11;
     h->client_10 = rq->minor_version == 0;
-    h->client_keepalive = client_wants_keepalive(x);
     /* SPEC 3.4: a WebSocket upgrade (RFC 6455 4.1); the proxy decides whether it goes through. */
-    if (rq->minor_version == 1) {
-        if (header_has_token(&x->req_headers, SLICE_LIT("Upgrade"), SLICE_LIT("websocket")) &&
-            header_has_token(&x->req_headers, SLICE_LIT("Connection"), SLICE_LIT("upgrade")))
-            x->upgrade = true;
-    }
+    scan_connection_fields(x, &h->client_keepalive, &x->upgrade);
     x->bytes_in = (uint64_t)head_len;
     evbuffer_drain(h->conn->in, (size_t)head_len);
 
