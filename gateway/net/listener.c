@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "base/clock.h"
 #include "conf/config.h"
 #include "base/log.h"
 #include "net/loop.h"
@@ -20,6 +21,18 @@ static atomic_int open_conns;
 
 /* How many connections one readable event may accept before yielding. */
 #define ACCEPT_BATCH 64
+
+/*
+ * Out of descriptors (EMFILE, ENFILE), a loop stops accepting until one of
+ * its connections closes or this long passes: the pending connection stays
+ * in the backlog and would wake the loop again at once.
+ */
+#define ACCEPT_RETRY_MS 100
+/* Failed accepts are reported at most this often, with their count (process-wide). */
+#define ACCEPT_REPORT_MS 1000
+
+static atomic_uint fd_failures;
+static _Atomic int64_t fd_reported_ms = -ACCEPT_REPORT_MS;
 
 int listener_bind(const struct sockaddr *addr, socklen_t addrlen, char *errbuf, size_t errlen)
 {
@@ -64,6 +77,41 @@ static const struct listen_config *config_of(const struct listener *l)
     return NULL;
 }
 
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct net_loop *loop = arg;
+    if (!loop->draining && atomic_load(&open_conns) < max_conns(loop))
+        listener_pause_all(loop, false);
+}
+
+static void out_of_descriptors(struct net_loop *loop, int err)
+{
+    atomic_fetch_add(&fd_failures, 1);
+    int64_t now = clock_mono_ms();
+    int64_t last = atomic_load(&fd_reported_ms);
+    if (now - last >= ACCEPT_REPORT_MS &&
+        atomic_compare_exchange_strong(&fd_reported_ms, &last, now)) {
+        unsigned n = atomic_exchange(&fd_failures, 0);
+        log_error("accept: %s (%u time%s since the last report; accepting pauses for %d ms): "
+                  "raise the file limit or lower limits.max_connections",
+                  strerror(err), n, n == 1 ? "" : "s", ACCEPT_RETRY_MS);
+    }
+    listener_pause_all(loop, true);
+    if (!loop->accept_retry)
+        loop->accept_retry = evtimer_new(loop->base, on_accept_retry, loop);
+    if (loop->accept_retry) {
+        struct timeval tv = {0, ACCEPT_RETRY_MS * 1000};
+        evtimer_add(loop->accept_retry, &tv);
+    }
+}
+
+void listener_loop_free(struct net_loop *loop)
+{
+    if (loop->accept_retry)
+        event_free(loop->accept_retry);
+    loop->accept_retry = NULL;
+}
+
 static void on_accept(evutil_socket_t fd, short what, void *arg)
 {
     struct listener *l = arg;
@@ -78,8 +126,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg)
         int cfd = accept4(fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (cfd < 0) {
             if (errno == EMFILE || errno == ENFILE)
-                log_error("accept: %s (raise the file limit or lower limits.max_connections)",
-                          strerror(errno));
+                out_of_descriptors(loop, errno);
             return;
         }
         atomic_fetch_add(&open_conns, 1);

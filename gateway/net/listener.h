@@ -12,6 +12,9 @@
  * While
  * the process is at limits.max_connections, listeners stop accepting and
  * connections wait in the kernel backlog (SPEC 7 "max_connections").
+ * Out of file descriptors, a worker stops accepting until one of its
+ * connections closes or 100 ms pass, and the failures are logged once a
+ * second with their count.
  *
  * Thread: the worker's thread, except listener_bind (any).
  */
@@ -51,6 +54,9 @@ struct listener *listener_new(struct net_loop *loop, int fd, const char *address
 
 /* Stops accepting and closes the socket. NULL ok. */
 void listener_free(struct listener *l);
+
+/* Frees what the listeners keep in `loop` (the retry timer), before its event base. */
+void listener_loop_free(struct net_loop *loop);
 
 /* Pauses or resumes accepting on every listener of `loop`. */
 void listener_pause_all(struct net_loop *loop, bool pause);

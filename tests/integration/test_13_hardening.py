@@ -1,11 +1,13 @@
 """Issue 12 section 1: defects found by hostile clients (SPEC 1, SPEC 7 "listeners",
 "slow readers")."""
+import os
 import re
+import resource
 import socket
 import threading
 import time
 
-from conftest import RSS_ENV, RssSampler
+from conftest import RSS_ENV, RssSampler, wait_until
 
 
 def test_pipelined_local_responses_keep_memory_bounded(sluice):
@@ -57,3 +59,56 @@ def test_pipelined_local_responses_keep_memory_bounded(sluice):
     assert len(statuses) == 2 * pairs
     assert statuses == [b"200", b"404"] * pairs
     assert s.request("GET", "/r").status == 200
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_accept_backs_off_at_the_descriptor_limit(sluice):
+    """Out of descriptors, the listener neither spins nor floods the log, and
+    accepts again once descriptors are free (issue 12, 1.2)."""
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    s = sluice({"workers": 1, "routes": [{"respond": {"status": 200, "body": "ok"}}]},
+               preexec=low_limit)
+    assert "RLIMIT_NOFILE" in s.stderr() and "limits.max_connections 65536" in s.stderr()
+    socks = []
+    try:
+        for _ in range(100):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+            socks.append(c)
+        wait_until(lambda: "accept: Too many open files" in s.stderr(), timeout=5,
+                   what="the EMFILE report")
+        before = _cpu_seconds(s.pid)
+        lines_before = len(s.stderr().splitlines())
+        time.sleep(2)
+        cpu = _cpu_seconds(s.pid) - before
+        new_lines = len(s.stderr().splitlines()) - lines_before
+        assert cpu < 0.5, f"{cpu:.2f} s of CPU in 2 s at the descriptor limit"
+        assert new_lines <= 6, s.stderr()[-2000:]
+    finally:
+        for c in socks:
+            c.close()
+
+    def served():
+        try:
+            return s.request("GET", "/", timeout=2).status == 200
+        except OSError:
+            return False
+    wait_until(served, timeout=10, what="a request after the descriptors were freed")
+
+
+def test_start_up_raises_the_soft_descriptor_limit(sluice):
+    def low_soft_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 4096))
+
+    s = sluice({"limits": {"max_connections": 1000},
+                "routes": [{"respond": {"status": 200}}]}, preexec=low_soft_limit)
+    with open(f"/proc/{s.pid}/limits") as f:
+        line = next(l for l in f if l.startswith("Max open files"))
+    assert line.split()[3:5] == ["2256", "4096"], line
+    assert "RLIMIT_NOFILE" not in s.stderr()
