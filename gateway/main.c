@@ -280,7 +280,6 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
-    raise_file_limit(s);
     /* No evthread_use_pthreads(): every event_base is used by one thread only (worker.c). */
     struct gateway g = {0};
     g.drain_timeout_ms = s->limits.drain_timeout_ms;
@@ -316,6 +315,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot start the access log writer\n");
         status = EXIT_STARTUP;
     }
+    if (status == EXIT_OK)
+        raise_file_limit(cur); /* before the workers accept; a failed start-up says nothing more */
     snapshot_release(cur);
 
     struct signal_context sc = {&g, file};

@@ -1,7 +1,8 @@
 /*
  * listener: one listening socket of one worker. Each worker binds its own
  * socket per configured address with SO_REUSEPORT, so the kernel spreads
- * new connections over the workers without a shared accept lock.
+ * new connections over the workers without a shared accept lock; another
+ * process cannot join them (see listener_bind).
  *
  * Owns: the socket and its accept event. Promises: accepted sockets are
  * non-blocking and close-on-exec and go straight to the cleartext codec, or
@@ -41,10 +42,21 @@ struct listener {
 };
 
 /*
- * Binds and listens on `addr` with SO_REUSEADDR and SO_REUSEPORT. Returns the
- * socket, or -1 with a reason in errbuf.
+ * Binds and listens on `addr` with SO_REUSEADDR and SO_REUSEPORT, for a
+ * listener_new(). The process's first socket on an address is bound only
+ * after a probe bind without SO_REUSEPORT succeeded: a port another process
+ * holds fails with EADDRINUSE instead of being shared with it; further
+ * sockets on an address this process holds (other workers, a reload) share
+ * it. Returns the socket, or -1 with a reason in errbuf.
  */
 int listener_bind(const struct sockaddr *addr, socklen_t addrlen, char *errbuf, size_t errlen);
+
+/*
+ * Binds and listens on `addr` with SO_REUSEADDR only: one socket, shared
+ * with nobody (the admin listener). Returns the socket, or -1 with a reason.
+ */
+int listener_bind_single(const struct sockaddr *addr, socklen_t addrlen, char *errbuf,
+                         size_t errlen);
 
 /*
  * Wraps a bound socket for `loop` and starts accepting. NULL on failure (fd

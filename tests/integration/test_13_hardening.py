@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from conftest import RSS_ENV, RssSampler, wait_until
+from conftest import RSS_ENV, RssSampler, free_port, request, wait_until
 
 
 def test_pipelined_local_responses_keep_memory_bounded(sluice):
@@ -112,3 +112,34 @@ def test_start_up_raises_the_soft_descriptor_limit(sluice):
         line = next(l for l in f if l.startswith("Max open files"))
     assert line.split()[3:5] == ["2256", "4096"], line
     assert "RLIMIT_NOFILE" not in s.stderr()
+
+
+def test_second_instance_on_a_held_port_exits_3(sluice):
+    """SO_REUSEPORT is shared only among one process's workers: a second
+    sluice on the same port is a start-up failure (SPEC 1, SPEC 7 "listeners")."""
+    cfg = {"workers": 2, "routes": [{"respond": {"status": 200, "body": "A"}}]}
+    a = sluice(cfg)
+    cfg_b = dict(a.config)
+    cfg_b["routes"] = [{"respond": {"status": 200, "body": "B"}}]
+    b = sluice(cfg_b, wait=False, merge=False)
+    assert b.wait_exit(10) == 3, b.stderr()
+    err = [l for l in b.stderr().splitlines() if l.strip()]
+    assert len(err) == 1, err
+    assert "listen[0].address" in err[0] and a.config["listen"][0]["address"] in err[0], err
+    assert "choose a free port" in err[0], err
+    for _ in range(20):
+        r = a.request("GET", "/")
+        assert r.status == 200 and r.body == b"A"
+
+    # A reload that keeps the listener and adds one still binds both in every worker.
+    port2 = free_port()
+    cfg_a = dict(a.config)
+    cfg_a["listen"] = a.config["listen"] + [{"address": f"127.0.0.1:{port2}"}]
+    a.write_config(cfg_a)
+    a.reload()
+    wait_until(lambda: "configuration reloaded" in a.stderr(), timeout=10, what="the reload")
+    assert "cannot listen" not in a.stderr(), a.stderr()
+    for port in (a.config["listen"][0]["address"], f"127.0.0.1:{port2}"):
+        for _ in range(10):
+            r = request(int(port.rsplit(":", 1)[1]), "GET", "/")
+            assert r.status == 200 and r.body == b"A"
