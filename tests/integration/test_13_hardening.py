@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from conftest import RSS_ENV, RssSampler, free_port, request, wait_until
+from conftest import RSS_ENV, RssSampler, free_port, request, run_sluice, wait_until
 
 
 def test_pipelined_local_responses_keep_memory_bounded(sluice):
@@ -143,3 +143,37 @@ def test_second_instance_on_a_held_port_exits_3(sluice):
         for _ in range(10):
             r = request(int(port.rsplit(":", 1)[1]), "GET", "/")
             assert r.status == 200 and r.body == b"A"
+
+
+def _cli_config(port):
+    return ('{\n  "listen": [{"address": "127.0.0.1:%d"}],\n'
+            '  "limits": {"max_connections": 100},\n'
+            '  "routes": [{"respond": {"status": 200}}]\n}\n' % port)
+
+
+def test_config_that_is_a_fifo_is_refused_not_waited_for(tmp_path):
+    fifo = tmp_path / "sluice.json"
+    os.mkfifo(fifo)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path, timeout=10)
+    assert p.returncode == 1, p
+    assert p.stderr.decode().strip() == "sluice.json: cannot read: not a regular file", p.stderr
+
+
+def test_integer_too_big_names_its_key(tmp_path):
+    text = _cli_config(free_port()).replace('"max_connections": 100',
+                                            '"max_connections": 99999999999999999999999')
+    (tmp_path / "sluice.json").write_text(text)
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    err = p.stderr.decode().strip()
+    assert err.startswith("sluice.json: limits.max_connections: too big integer"), err
+    assert "(line 3, column " in err, err
+
+
+def test_byte_order_mark_is_named(tmp_path):
+    (tmp_path / "sluice.json").write_bytes(b"\xef\xbb\xbf" + _cli_config(free_port()).encode())
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path)
+    assert p.returncode == 1, p
+    assert p.stderr.decode().strip() == (
+        "sluice.json:1:1: syntax error: a UTF-8 byte order mark (BOM) at the start of the file: "
+        "save the file without it"), p.stderr
