@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -141,6 +142,32 @@ static void begin_drain(struct gateway *g)
     g->poll = event_new(g->base, -1, EV_PERSIST, on_poll, g);
     struct timeval tv = {0, 20 * 1000};
     event_add(g->poll, &tv);
+}
+
+/*
+ * Raises the soft descriptor limit towards the hard one, to what
+ * limits.max_connections needs: a client socket and an upstream one per
+ * connection, plus the loops, listeners, pools and logs. Warns with the
+ * numbers when the hard limit is lower.
+ */
+static void raise_file_limit(const struct snapshot *s)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t need = (rlim_t)s->limits.max_connections * 2 + 256;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+        struct rlimit raised = {want, rl.rlim_max};
+        if (want > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &raised) == 0)
+            rl.rlim_cur = want;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        log_warn("limits.max_connections %d needs about %llu file descriptors but the limit "
+                 "(RLIMIT_NOFILE) is %llu: raise the hard limit (ulimit -Hn) or lower "
+                 "limits.max_connections",
+                 s->limits.max_connections, (unsigned long long)need,
+                 (unsigned long long)rl.rlim_cur);
 }
 
 struct signal_context {
@@ -288,6 +315,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot start the access log writer\n");
         status = EXIT_STARTUP;
     }
+    if (status == EXIT_OK)
+        raise_file_limit(cur); /* before the workers accept; a failed start-up says nothing more */
     snapshot_release(cur);
 
     struct signal_context sc = {&g, file};

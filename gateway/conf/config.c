@@ -15,10 +15,13 @@
 #include "conf/config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "conf/config_int.h"
 #include "conf/env.h"
@@ -170,11 +173,30 @@ static void snapshot_free(struct snapshot *s)
 
 static char *read_file(const char *file, size_t *len, struct config_error *err)
 {
-    FILE *f = fopen(file, "rb");
+    /*
+     * Non-blocking, and only a regular file: opening a FIFO would wait for a
+     * writer for ever (and a reload runs on the main thread).
+     */
+    int fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     struct buf b = {0};
     bool ok = false;
+    if (fd < 0) {
+        config_error_raw(err, "%s: cannot read: %s", file, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode))
+            config_error_raw(err, "%s: cannot read: %s", file, strerror(EISDIR));
+        else
+            config_error_raw(err, "%s: cannot read: not a regular file", file);
+        close(fd);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
     if (!f) {
         config_error_raw(err, "%s: cannot read: %s", file, strerror(errno));
+        close(fd);
         return NULL;
     }
     char chunk[8192];
@@ -204,6 +226,93 @@ out:
     return b.data;
 }
 
+/*
+ * The JSON path of the last number that starts before `end` in `text`, a
+ * prefix that parsed without error: how a number too big for jansson is
+ * reported by its key, as any other bad value. False when there is none.
+ */
+static bool number_path(const char *text, size_t end, char *out, size_t cap)
+{
+    enum { MAX_DEPTH = 64 };
+    struct {
+        bool array;
+        size_t index;
+        char key[256];
+    } stack[MAX_DEPTH];
+    int depth = 0;
+    bool in_string = false, escape = false, in_number = false, found = false;
+    bool expect_key = false;
+    size_t key_len = 0;
+    for (size_t i = 0; i < end && text[i]; i++) {
+        char c = text[i];
+        if (in_string) {
+            bool keep = true;
+            if (escape) {
+                escape = false;
+            } else if (c == '\\') {
+                escape = true;
+                keep = false; /* \" and \\ keep the next character; the rest is only a name */
+            } else if (c == '"') {
+                in_string = false;
+            }
+            if (keep && in_string && expect_key && depth > 0 && key_len + 1 < sizeof stack[0].key)
+                stack[depth - 1].key[key_len++] = c;
+            if (!in_string && expect_key && depth > 0) {
+                stack[depth - 1].key[key_len] = '\0';
+                expect_key = false;
+            }
+            continue;
+        }
+        bool digit = c == '-' || (c >= '0' && c <= '9');
+        if (digit && !in_number) {
+            out[0] = '\0';
+            size_t n = 0;
+            for (int d = 0; d < depth && n < cap; d++) {
+                if (stack[d].array)
+                    n += (size_t)snprintf(out + n, cap - n, "[%zu]", stack[d].index);
+                else
+                    config_path_member(out + n, cap - n, stack[d].key);
+                n = strlen(out);
+            }
+            if (out[0] == '.')
+                memmove(out, out + 1, strlen(out));
+            found = depth > 0;
+        }
+        in_number = digit || (in_number && (c == '.' || c == 'e' || c == 'E' || c == '+'));
+        switch (c) {
+        case '"':
+            in_string = true;
+            key_len = 0;
+            break;
+        case '{':
+        case '[':
+            if (depth == MAX_DEPTH)
+                return false;
+            stack[depth].array = c == '[';
+            stack[depth].index = 0;
+            stack[depth].key[0] = '\0';
+            depth++;
+            expect_key = c == '{';
+            break;
+        case '}':
+        case ']':
+            if (depth > 0)
+                depth--;
+            expect_key = false;
+            break;
+        case ',':
+            if (depth > 0 && stack[depth - 1].array)
+                stack[depth - 1].index++;
+            else
+                expect_key = true;
+            break;
+        default:
+            break;
+        }
+    }
+    return found;
+}
+
 static char *dir_of(const char *file)
 {
     const char *slash = strrchr(file, '/');
@@ -229,11 +338,24 @@ struct snapshot *config_load(const char *file, struct config_error *err)
     if (!text)
         goto out;
 
+    if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0) {
+        config_error_raw(err,
+                         "%s:1:1: syntax error: a UTF-8 byte order mark (BOM) at the start of the "
+                         "file: save the file without it",
+                         file);
+        goto out;
+    }
     json_error_t jerr;
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        config_error_raw(err, "%s:%d:%d: syntax error: %s", file, jerr.line, jerr.column,
-                         jerr.text);
+        char path[sizeof err->path];
+        if (json_error_code(&jerr) == json_error_numeric_overflow &&
+            number_path(text, (size_t)jerr.position, path, sizeof path))
+            config_error_raw(err, "%s: %s: %s (line %d, column %d)", file, path, jerr.text,
+                             jerr.line, jerr.column);
+        else
+            config_error_raw(err, "%s:%d:%d: syntax error: %s", file, jerr.line, jerr.column,
+                             jerr.text);
         goto out;
     }
 

@@ -334,6 +334,7 @@ void worker_join_free(struct worker *w)
     self = NULL;
     cache_clear(w);
     deadlines_free(w->deadlines);
+    listener_loop_free(&w->net);
     if (w->notify)
         event_free(w->notify);
     if (w->notify_fd >= 0)

@@ -1,7 +1,8 @@
 /*
  * listener: one listening socket of one worker. Each worker binds its own
  * socket per configured address with SO_REUSEPORT, so the kernel spreads
- * new connections over the workers without a shared accept lock.
+ * new connections over the workers without a shared accept lock; another
+ * process cannot join them (see listener_bind).
  *
  * Owns: the socket and its accept event. Promises: accepted sockets are
  * non-blocking and close-on-exec and go straight to the cleartext codec, or
@@ -12,6 +13,9 @@
  * While
  * the process is at limits.max_connections, listeners stop accepting and
  * connections wait in the kernel backlog (SPEC 7 "max_connections").
+ * Out of file descriptors, a worker stops accepting until one of its
+ * connections closes or 100 ms pass, and the failures are logged once a
+ * second with their count.
  *
  * Thread: the worker's thread, except listener_bind (any).
  */
@@ -38,10 +42,21 @@ struct listener {
 };
 
 /*
- * Binds and listens on `addr` with SO_REUSEADDR and SO_REUSEPORT. Returns the
- * socket, or -1 with a reason in errbuf.
+ * Binds and listens on `addr` with SO_REUSEADDR and SO_REUSEPORT, for a
+ * listener_new(). The process's first socket on an address is bound only
+ * after a probe bind without SO_REUSEPORT succeeded: a port another process
+ * holds fails with EADDRINUSE instead of being shared with it; further
+ * sockets on an address this process holds (other workers, a reload) share
+ * it. Returns the socket, or -1 with a reason in errbuf.
  */
 int listener_bind(const struct sockaddr *addr, socklen_t addrlen, char *errbuf, size_t errlen);
+
+/*
+ * Binds and listens on `addr` with SO_REUSEADDR only: one socket, shared
+ * with nobody (the admin listener). Returns the socket, or -1 with a reason.
+ */
+int listener_bind_single(const struct sockaddr *addr, socklen_t addrlen, char *errbuf,
+                         size_t errlen);
 
 /*
  * Wraps a bound socket for `loop` and starts accepting. NULL on failure (fd
@@ -51,6 +66,9 @@ struct listener *listener_new(struct net_loop *loop, int fd, const char *address
 
 /* Stops accepting and closes the socket. NULL ok. */
 void listener_free(struct listener *l);
+
+/* Frees what the listeners keep in `loop` (the retry timer), before its event base. */
+void listener_loop_free(struct net_loop *loop);
 
 /* Pauses or resumes accepting on every listener of `loop`. */
 void listener_pause_all(struct net_loop *loop, bool pause);

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 
 struct conn;
+struct event;
 struct event_base;
 struct listener;
 struct snapshot;
@@ -86,7 +87,8 @@ struct net_loop {
     struct listener *listeners; /* linked list */
     struct client_conn *conns;  /* open client connections, linked */
     unsigned num_conns;
-    bool draining; /* no more accepting; exit when the last connection closes */
+    bool draining;              /* no more accepting; exit when the last connection closes */
+    struct event *accept_retry; /* listener.c: resumes accepting after EMFILE; NULL until needed */
     /*
      * Called after a connection left the list for good; the owner sets it
      * to listener_conn_closed. NULL ok.

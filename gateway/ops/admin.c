@@ -79,7 +79,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 static struct admin *bind_admin(struct event_base *base, const struct snapshot *s, char *why,
                                 size_t whylen)
 {
-    int fd = listener_bind((const struct sockaddr *)&s->admin.addr, s->admin.addrlen, why, whylen);
+    int fd = listener_bind_single((const struct sockaddr *)&s->admin.addr, s->admin.addrlen, why,
+                                  whylen);
     if (fd < 0)
         return NULL;
     struct admin *a = calloc(1, sizeof *a);

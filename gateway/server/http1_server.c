@@ -24,6 +24,7 @@
 #include "net/tls.h"
 #include "core/worker.h"
 #include "net/loop.h"
+#include "upstream/codec.h"
 
 /* How long a closing connection keeps draining the client's input. */
 #define LINGER_MS 1000
@@ -56,6 +57,7 @@ struct h1_conn {
     bool keepalive;        /* the current exchange allows another request after it */
     bool close_after;      /* close after the current response */
     bool want_process;     /* pipelined input waits to be parsed */
+    bool out_full;         /* parsing waits for the client to read our output */
     bool shut;             /* write side shut down (lingering) */
     unsigned flags;        /* enum listen_flags */
     bool tls;              /* the connection came over TLS */
@@ -797,6 +799,16 @@ static void process(struct h1_conn *h)
         }
         if (h->fresh && h->state != H1_ACTIVE && try_h2c(h) >= 0)
             break;
+        /*
+         * A client that pipelines without reading: the next request waits
+         * until our output drains (on_writable), whoever made the responses
+         * (SPEC 7 "slow readers"); the proxy applies the same mark.
+         */
+        if (evbuffer_get_length(h->conn->out) > UPSTREAM_HIGH_WATER) {
+            h->out_full = true;
+            conn_read_enable(h->conn, false);
+            break;
+        }
         if (h->state == H1_IDLE) {
             h->state = H1_HEAD;
             if (!h->fresh)
@@ -828,6 +840,13 @@ static void on_writable(struct conn *c)
     }
     if (h->tunnel_shut && evbuffer_get_length(h->conn->out) == 0)
         conn_shutdown_write(h->conn);
+    if (h->out_full && !h->x) {
+        h->out_full = false;
+        conn_read_enable(h->conn, true);
+        h->want_process = true;
+        kick(h);
+        return;
+    }
     if (h->x) {
         h->busy++;
         exchange_on_client_drain(h->x);

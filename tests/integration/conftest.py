@@ -154,8 +154,9 @@ def merge_defaults(config: dict) -> dict:
 class Sluice:
     """One sluice process on a config written into its own folder."""
 
-    def __init__(self, binary: str, workdir: Path, config, env=None, merge=True):
+    def __init__(self, binary: str, workdir: Path, config, env=None, merge=True, preexec=None):
         self.binary = binary
+        self.preexec = preexec  # run in the child before exec (e.g. setrlimit)
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "sluice.json"
@@ -198,7 +199,7 @@ class Sluice:
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
-            cwd=self.dir, env=self.env)
+            cwd=self.dir, env=self.env, preexec_fn=self.preexec)
         if wait:
             self.wait_ready(timeout)
         return self
@@ -297,8 +298,9 @@ def sluice(sluice_bin, tmp_path):
     """Factory: sluice(config, env=None, wait=True) -> started Sluice."""
     started = []
 
-    def start(config, env=None, wait=True, merge=True):
-        s = Sluice(sluice_bin, tmp_path / f"sluice{len(started)}", config, env=env, merge=merge)
+    def start(config, env=None, wait=True, merge=True, preexec=None):
+        s = Sluice(sluice_bin, tmp_path / f"sluice{len(started)}", config, env=env, merge=merge,
+                   preexec=preexec)
         started.append(s)
         s.start(wait=wait)
         return s
