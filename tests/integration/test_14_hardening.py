@@ -4,6 +4,7 @@ values are 400, HTTP/2 streams a client never lets move are reset, and slow
 readers are slowed (not cut) while readers that stop are closed and logged
 with an error."""
 import json
+import sys
 import time
 
 import pytest
@@ -108,3 +109,103 @@ def test_h2_authority_validated(sluice, backend, authority, status):
         return
     assert st.reset is None and int(st.status) == status, (st.status, st.reset)
     assert json.loads(bytes(st.body))["headers"]["host"] == authority
+
+
+# --------------------------------------------------------------------------
+# defect 3: HTTP/2 streams a client never lets move
+
+
+def window_zero_client(port):
+    """An h2 client that sets SETTINGS_INITIAL_WINDOW_SIZE 0: no DATA can reach it."""
+    import h2.settings
+    from test_21_http2 import H2Client
+    c = H2Client(port)
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    c.flush()
+    return c
+
+
+def h2_gateway(sluice, b, log=None, body_timeout_ms=500, timeout_ms=30000):
+    from test_21_http2 import gateway
+    extra = {"limits": {"body_timeout_ms": body_timeout_ms}}
+    if log:
+        extra["access_log"] = {"path": str(log)}
+    cfg_up = upstream(b.address)
+    cfg_up["timeout_ms"] = timeout_ms
+    return gateway(sluice, routes=[{"upstream": "b"}], upstreams={"b": cfg_up}, **extra)
+
+
+def test_h2_window_zero_streams_are_reset(sluice, backend, tmp_path):
+    from conftest import wait_until
+    b = backend("b")
+    log = tmp_path / "access.log"
+    s = h2_gateway(sluice, b, log)
+    with window_zero_client(s.port) as c:
+        sids = [c.start("GET", f"/big{i}", headers=[("x-echo-bytes", str(4 << 20))])
+                for i in range(4)]
+        t0 = time.monotonic()
+        assert c.wait(lambda: all(c.done(sid) for sid in sids), 6), \
+            [(c.streams[i].status, c.streams[i].reset) for i in sids]
+        took = time.monotonic() - t0
+        for sid in sids:
+            st = c.streams[sid]
+            assert st.reset is not None and not st.ended, (sid, st.reset)
+            assert len(st.body) == 0
+    assert took < 4, took
+    wait_until(lambda: len(log.read_text().splitlines()) >= 4, what="four access log lines")
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        assert rec.get("error"), rec
+
+
+def test_h2_window_zero_memory_bounded(sluice, backend):
+    """Several window-0 connections, one after the other, each with streams
+    of large responses: every one is reset and RSS does not keep growing."""
+    b = backend("b")
+    s = h2_gateway(sluice, b)
+    rss = []
+    for round_ in range(4):
+        conns = [window_zero_client(s.port) for _ in range(3)]
+        try:
+            sids = [[c.start("GET", f"/r{round_}", headers=[("x-echo-bytes", str(8 << 20))])
+                     for _ in range(10)] for c in conns]
+            for c, ids in zip(conns, sids):
+                assert c.wait(lambda: all(c.done(i) for i in ids), 8)
+        finally:
+            for c in conns:
+                c.close()
+        time.sleep(0.3)
+        rss.append(s.rss_kib())
+    # The first round warms the allocator up; later rounds must not add to it.
+    assert rss[-1] - rss[1] < 8 * 1024, rss
+
+
+def test_h2_connection_not_read_is_closed(sluice, backend):
+    """A client that never reads its socket at all: the gateway's output does
+    not move, so the connection is closed within a few body timeouts."""
+    import socket
+    b = backend("b")
+    s = h2_gateway(sluice, b)
+    from test_21_http2 import H2Client
+    import h2.settings
+    c = H2Client(s.port)
+    # Windows wide open: only the unread socket stops the gateway.
+    c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16 << 20})
+    c.flush()
+    try:
+        for i in range(2):
+            c.start("GET", f"/n{i}", headers=[("x-echo-bytes", str(16 << 20))])
+        time.sleep(4)  # the gateway's output is stuck for 8 body timeouts
+        c.sock.settimeout(5)
+        closed = False
+        deadline = time.monotonic() + 5
+        try:
+            while time.monotonic() < deadline:
+                if not c.sock.recv(1 << 20):
+                    closed = True
+                    break
+        except (ConnectionResetError, socket.timeout):
+            closed = isinstance(sys.exc_info()[1], ConnectionResetError)
+        assert closed, "the gateway kept a connection whose output never moved"
+    finally:
+        c.close()
