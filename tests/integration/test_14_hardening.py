@@ -209,3 +209,110 @@ def test_h2_connection_not_read_is_closed(sluice, backend):
         assert closed, "the gateway kept a connection whose output never moved"
     finally:
         c.close()
+
+
+# --------------------------------------------------------------------------
+# defect 4: slow readers are slowed, stopped readers are closed and logged
+
+MiB = 1 << 20
+SLOW_SIZE = 8 * MiB
+
+
+def serve_big(chunked):
+    """A raw upstream that answers every request with SLOW_SIZE pattern bytes
+    as fast as the gateway takes them (Content-Length, or chunked)."""
+    from conftest import pattern_bytes
+    body = pattern_bytes(SLOW_SIZE)
+
+    def handler(conn, backend):
+        from backends.raw import ServerSide
+        side = ServerSide(conn)
+        backend.record(side.read_until(b"\r\n\r\n"))
+        if chunked:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for off in range(0, len(body), 65536):
+                part = body[off:off + 65536]
+                conn.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+            conn.sendall(b"0\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    return handler, body
+
+
+def slow_gateway(sluice, raw_backend, tmp_path, chunked, timeout_ms, body_timeout_ms):
+    handler, body = serve_big(chunked)
+    b = raw_backend(handler)
+    log = tmp_path / "access.log"
+    up = upstream(b.address)
+    up["timeout_ms"] = timeout_ms
+    s = sluice({"upstreams": {"api": up}, "routes": [{"upstream": "api"}],
+                "limits": {"body_timeout_ms": body_timeout_ms},
+                "access_log": {"path": str(log)}})
+    return s, b, body, log
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_slow_reader_gets_the_whole_body(sluice, raw_backend, tmp_path, chunked):
+    """8 MiB read in bursts at about 1 MiB/s with the upstream's timeout_ms at 1000:
+    the gateway stops reading the upstream meanwhile, and that is not the
+    upstream's silence."""
+    import hashlib
+    from conftest import wait_until
+    s, b, body, log = slow_gateway(sluice, raw_backend, tmp_path, chunked, 1000, 30000)
+    c = RawConn(s.port, timeout=20, rcvbuf=65536)
+    try:
+        c.sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = bytearray()
+        t0 = time.monotonic()
+        # Bursts: 2 MiB as fast as it comes, then nothing for 1.5 s (longer
+        # than the upstream's timeout_ms, shorter than body_timeout_ms).
+        burst = 2 * MiB
+        eof = False
+        while not eof and time.monotonic() - t0 < 20:
+            want = len(data) + burst
+            while len(data) < want:
+                try:
+                    chunk = c.sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    eof = True
+                    break
+                data += chunk
+            if not eof:
+                time.sleep(1.5)
+    finally:
+        c.close()
+    head, _, got = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    if chunked:
+        from conftest import parse_one_response
+        got = parse_one_response(bytes(data)).body
+    assert len(got) == len(body), f"cut at {len(got)} of {len(body)}"
+    assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest()
+    assert time.monotonic() - t0 > 4  # it really was slow
+    wait_until(lambda: log.exists() and log.read_text().strip(), what="the access log line")
+    rec = json.loads(log.read_text().splitlines()[-1])
+    assert rec["status"] == 200 and not rec.get("error"), rec
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_stopped_reader_is_closed_and_logged(sluice, raw_backend, tmp_path, chunked):
+    """A client that reads nothing: closed after body_timeout_ms (not after the
+    upstream's 30 s), and the access log line carries an error."""
+    from conftest import wait_until
+    s, b, body, log = slow_gateway(sluice, raw_backend, tmp_path, chunked, 30000, 1000)
+    c = RawConn(s.port, timeout=20, rcvbuf=65536)
+    try:
+        c.sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        wait_until(lambda: log.exists() and log.read_text().strip(), timeout=6,
+                   what="the access log line of the cut transfer")
+        assert time.monotonic() - t0 < 5
+        # What the kernel buffered still arrives, then the connection ends, cut short.
+        data = c.read_all(timeout=10)
+        assert len(data) < len(body), len(data)
+    finally:
+        c.close()
+    rec = json.loads(log.read_text().splitlines()[-1])
+    assert rec.get("error") == "request_timeout", rec
