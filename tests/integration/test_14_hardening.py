@@ -125,14 +125,14 @@ def window_zero_client(port):
     return c
 
 
-def h2_gateway(sluice, b, log=None, body_timeout_ms=500, timeout_ms=30000):
+def h2_gateway(sluice, b, log=None, body_timeout_ms=500, timeout_ms=30000, env=None):
     from test_21_http2 import gateway
     extra = {"limits": {"body_timeout_ms": body_timeout_ms}}
     if log:
         extra["access_log"] = {"path": str(log)}
     cfg_up = upstream(b.address)
     cfg_up["timeout_ms"] = timeout_ms
-    return gateway(sluice, routes=[{"upstream": "b"}], upstreams={"b": cfg_up}, **extra)
+    return gateway(sluice, routes=[{"upstream": "b"}], upstreams={"b": cfg_up}, env=env, **extra)
 
 
 def test_h2_window_zero_streams_are_reset(sluice, backend, tmp_path):
@@ -161,8 +161,9 @@ def test_h2_window_zero_streams_are_reset(sluice, backend, tmp_path):
 def test_h2_window_zero_memory_bounded(sluice, backend):
     """Several window-0 connections, one after the other, each with streams
     of large responses: every one is reset and RSS does not keep growing."""
+    from conftest import RSS_ENV
     b = backend("b")
-    s = h2_gateway(sluice, b)
+    s = h2_gateway(sluice, b, env=RSS_ENV)
     rss = []
     for round_ in range(4):
         conns = [window_zero_client(s.port) for _ in range(3)]
