@@ -777,8 +777,9 @@ static void proxy_on_client_drain(struct exchange *x)
     if (!p->upstream_paused || !p->stream)
         return;
     p->upstream_paused = false;
+    /* Waiting for the upstream again; armed first: resuming may deliver and pause at once. */
+    arm(p, p->timeout_ms);
     p->stream->ops->pause(p->stream, false);
-    arm(p, p->timeout_ms); /* waiting for the upstream again */
 }
 
 static const struct exchange_upstream_ops proxy_ops = {
