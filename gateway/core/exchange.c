@@ -18,6 +18,7 @@
 #include "ops/metrics.h"
 #include "ops/record.h"
 #include "core/worker.h"
+#include "proto/http1_parse.h"
 #include "proto/status.h"
 #include "base/container_of.h"
 #include "upstream/codec.h"
@@ -560,6 +561,16 @@ void exchange_start(struct exchange *x)
     int bad = parse_target(x);
     if (bad) {
         exchange_respond_error(x, bad, "the request target is malformed");
+        exchange_reply(x);
+        return;
+    }
+    /*
+     * SPEC 7 "Host": the Host (field, absolute-form authority or HTTP/2
+     * :authority) is uri-host [ ":" port ] with no userinfo; it is routed on
+     * and forwarded, so anything else is refused before either.
+     */
+    if (!http1_valid_host(x->host)) {
+        exchange_respond_error(x, 400, "the Host is not a valid host[:port]");
         exchange_reply(x);
         return;
     }

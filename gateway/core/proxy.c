@@ -71,6 +71,8 @@ struct proxy {
     struct evbuffer *replay;
     bool client_paused;   /* we paused the client's body (upstream side full) */
     bool upstream_paused; /* we stopped reading the upstream (client output full) */
+    bool client_wait;     /* the timer is the client's send timeout (body_timeout_ms) */
+    size_t pending_seen;  /* exchange_pending() when that timer was armed */
     int last_status;      /* the failure to report when no target is left */
     const char *last_message;
     struct splice *splice; /* a large body moving socket to socket; NULL otherwise */
@@ -94,7 +96,20 @@ static bool idempotent(struct slice m)
 static void arm(struct proxy *p, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    p->client_wait = false;
     event_add(p->timer, &tv);
+}
+
+/*
+ * SPEC 7 "slow readers": while the gateway waits for the client to take
+ * response bytes (not for the upstream), the upstream's timeout_ms does not
+ * run; the client gets limits.body_timeout_ms to accept a byte instead.
+ */
+static void arm_client_wait(struct proxy *p)
+{
+    arm(p, p->x->snapshot->limits.body_timeout_ms);
+    p->client_wait = true;
+    p->pending_seen = p->splice ? 0 : exchange_pending(p->x);
 }
 
 /* Ends the current stream (closing its connection, or resetting it) if there is one. */
@@ -218,6 +233,20 @@ static void fail(struct proxy *p, enum upstream_failure why, int status, const c
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct proxy *p = arg;
+    if (p->client_wait) {
+        struct exchange *x = p->x;
+        size_t pending = p->splice ? 0 : exchange_pending(x);
+        if (pending < p->pending_seen) {
+            arm_client_wait(
+                p); /* the client took bytes meanwhile: a slow reader, not a stopped one */
+            return;
+        }
+        /* No byte accepted for body_timeout_ms: cut the client off, logged with an error. */
+        x->error = "request_timeout";
+        proxy_cancel(x);
+        exchange_abort(x);
+        return;
+    }
     switch (p->state) {
     case P_START:
     case P_QUEUED:
@@ -260,6 +289,7 @@ static void backpressure(struct proxy *p)
         exchange_pending(x) > UPSTREAM_HIGH_WATER) {
         p->upstream_paused = true;
         p->stream->ops->pause(p->stream, true);
+        arm_client_wait(p);
     }
 }
 
@@ -324,7 +354,10 @@ static void on_resp_splice_written(void *owner, size_t n)
 static void on_resp_splice_wait(void *owner, enum splice_end end)
 {
     struct proxy *p = owner;
-    arm(p, p->timeout_ms);
+    if (end == SPLICE_DST)
+        arm_client_wait(p); /* the client is slow: its timeout, not the upstream's */
+    else
+        arm(p, p->timeout_ms);
 }
 
 static void on_resp_splice_done(void *owner)
@@ -744,6 +777,8 @@ static void proxy_on_client_drain(struct exchange *x)
     if (!p->upstream_paused || !p->stream)
         return;
     p->upstream_paused = false;
+    /* Waiting for the upstream again; armed first: resuming may deliver and pause at once. */
+    arm(p, p->timeout_ms);
     p->stream->ops->pause(p->stream, false);
 }
 

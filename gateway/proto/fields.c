@@ -24,6 +24,15 @@ void fields_remove_hop_by_hop(struct header_list *l, bool keep_upgrade)
                 continue;
             if (keep_upgrade && slice_ieq(e, upgrade))
                 continue;
+            /*
+             * SPEC 7 "Host": Host and the framing fields are never
+             * hop-by-hop by being named (RFC 9110 7.6.1 lists fields a
+             * proxy must not drop that way); removing them would forward a
+             * request without Host or without the length the gateway used.
+             */
+            if (slice_ieq(e, SLICE_LIT("Host")) || slice_ieq(e, SLICE_LIT("Content-Length")) ||
+                slice_ieq(e, SLICE_LIT("Transfer-Encoding")))
+                continue;
             named[num_named++] = e;
         }
     }

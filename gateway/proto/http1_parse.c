@@ -7,9 +7,11 @@
  */
 #include "proto/http1_parse.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* Character classes, one bit each, in a single 256-entry table. */
 enum {
@@ -372,6 +374,80 @@ static void scan_framing(const struct header *headers, size_t n, size_t *te, siz
                 *cl_value = &headers[i].value;
         }
     }
+}
+
+/* unreserved / sub-delims of RFC 3986 2.2-2.3 (the bytes of a reg-name besides "%"). */
+static bool host_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+static bool hex_digit(unsigned char c)
+{
+    return (cls[c] & C_HEX) != 0;
+}
+
+/* The inside of "[...]": an IPv6address, or IPvFuture ("v" 1*HEXDIG "." 1*(...)). */
+static bool ip_literal(const char *p, size_t n)
+{
+    if (n > 1 && (p[0] == 'v' || p[0] == 'V')) {
+        size_t i = 1;
+        while (i < n && hex_digit((unsigned char)p[i]))
+            i++;
+        if (i == 1 || i >= n || p[i] != '.' || i + 1 == n)
+            return false;
+        for (i++; i < n; i++)
+            if (!host_char((unsigned char)p[i]) && p[i] != ':')
+                return false;
+        return true;
+    }
+    char buf[INET6_ADDRSTRLEN + 1];
+    unsigned char addr[16];
+    if (n == 0 || n >= sizeof buf)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!hex_digit((unsigned char)p[i]) && p[i] != ':' && p[i] != '.')
+            return false;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return inet_pton(AF_INET6, buf, addr) == 1;
+}
+
+bool http1_valid_host(struct slice host)
+{
+    const char *p = host.base;
+    size_t n = host.len, i = 0;
+    if (n > 0 && p[0] == '[') {
+        const char *close = memchr(p, ']', n);
+        if (!close || !ip_literal(p + 1, (size_t)(close - p - 1)))
+            return false;
+        i = (size_t)(close - p) + 1;
+    } else {
+        while (i < n && p[i] != ':') {
+            unsigned char c = (unsigned char)p[i];
+            if (c == '%') {
+                if (i + 2 >= n || !hex_digit((unsigned char)p[i + 1]) ||
+                    !hex_digit((unsigned char)p[i + 2]))
+                    return false;
+                i += 3;
+                continue;
+            }
+            if (!host_char(c))
+                return false;
+            i++;
+        }
+        if (i == 0 && n > 0)
+            return false; /* a port without a host */
+    }
+    if (i == n)
+        return true;
+    if (p[i] != ':' || n - i - 1 > 5)
+        return false;
+    for (i++; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return false;
+    return true;
 }
 
 int http1_request_framing(int minor_version, const struct header *headers, size_t n,

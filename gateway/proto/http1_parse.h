@@ -108,6 +108,16 @@ struct http1_chunked {
 void http1_chunked_init(struct http1_chunked *d);
 
 /*
+ * True when `host` is a valid Host field value or authority (RFC 9112 3.2,
+ * RFC 3986 3.2.2-3.2.3): uri-host [ ":" port ], where uri-host is a reg-name
+ * (unreserved, pct-encoded, sub-delims; an IPv4 address is one), or an IPv6
+ * address (or IPvFuture) in brackets, and port is at most 5 digits. No
+ * userinfo ("@"), no whitespace. The empty value is valid (RFC 9112 3.2); a
+ * port without a host (":80") is not.
+ */
+bool http1_valid_host(struct slice host);
+
+/*
  * Feeds buf[0..len). Returns the number of bytes consumed (0..len), or -1 if
  * the stream is invalid (the caller answers 400, or 502 for a response).
  * When payload bytes are found, *data is set to that run inside buf (which

@@ -59,6 +59,7 @@ struct h1_conn {
     bool want_process;     /* pipelined input waits to be parsed */
     bool out_full;         /* parsing waits for the client to read our output */
     bool shut;             /* write side shut down (lingering) */
+    size_t closing_left;   /* closing: output not yet taken when the timer was armed */
     unsigned flags;        /* enum listen_flags */
     bool tls;              /* the connection came over TLS */
     char *client_subject;  /* mTLS: the verified client certificate's subject, or NULL */
@@ -493,13 +494,15 @@ static const struct exchange_side_ops h1_ops = {
 static void start_closing(struct h1_conn *h)
 {
     h->state = H1_CLOSING;
-    if (evbuffer_get_length(h->conn->out) == 0) {
+    h->closing_left = evbuffer_get_length(h->conn->out);
+    if (h->closing_left == 0) {
         conn_shutdown_write(h->conn);
         h->shut = true;
     }
     /* Keep reading (and discarding) so unread input does not turn into a reset. */
     conn_read_enable(h->conn, true);
-    arm_timer(h, LINGER_MS);
+    /* SPEC 7 "slow readers": unsent output waits body_timeout_ms for each byte taken. */
+    arm_timer(h, h->shut ? LINGER_MS : limits(h)->body_timeout_ms);
 }
 
 /* ---- requests -------------------------------------------------------------- */
@@ -835,6 +838,7 @@ static void on_writable(struct conn *c)
         if (!h->shut) {
             conn_shutdown_write(h->conn);
             h->shut = true;
+            arm_timer(h, LINGER_MS);
         }
         return;
     }
@@ -901,6 +905,12 @@ static void on_timer(struct h1_conn *h)
         }
         break;
     case H1_CLOSING:
+        if (!h->shut && evbuffer_get_length(h->conn->out) < h->closing_left) {
+            /* A slow reader, not a stopped one: it took bytes since. */
+            h->closing_left = evbuffer_get_length(h->conn->out);
+            arm_timer(h, limits(h)->body_timeout_ms);
+            break;
+        }
         if (h->shut && evbuffer_get_length(h->conn->out) > 0)
             evbuffer_drain(h->conn->out, evbuffer_get_length(h->conn->out));
         close_now(h);

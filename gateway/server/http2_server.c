@@ -90,12 +90,16 @@ struct h2_stream {
     bool paused;        /* pause_body(true): hold the body (the window closes) */
     bool too_big;       /* over limits.max_body_bytes */
     bool head_submitted;
-    bool has_provider; /* the response has DATA frames */
-    bool ended;        /* send_end or abort: no more response bytes */
-    bool want_drain;   /* pending() was high: tell the exchange when it drains */
-    bool closed;       /* nghttp2 closed the stream */
-    bool websocket;    /* an extended CONNECT for a WebSocket, bridged to an HTTP/1.1 upgrade */
-    bool tunnel;       /* its 200 went out: DATA both ways is the tunnel's (core/tunnel) */
+    bool has_provider;  /* the response has DATA frames */
+    bool ended;         /* send_end or abort: no more response bytes */
+    bool want_drain;    /* pending() was high: tell the exchange when it drains */
+    bool closed;        /* nghttp2 closed the stream */
+    bool websocket;     /* an extended CONNECT for a WebSocket, bridged to an HTTP/1.1 upgrade */
+    bool tunnel;        /* its 200 went out: DATA both ways is the tunnel's (core/tunnel) */
+    bool stalled;       /* reset: its response did not move for body_timeout_ms */
+    uint64_t sent;      /* response body bytes framed into DATA */
+    uint64_t sent_seen; /* `sent` at the last stall tick */
+    unsigned stall_ticks;
 };
 
 struct h2_conn {
@@ -123,6 +127,11 @@ struct h2_conn {
     bool calm;       /* terminated with ENHANCE_YOUR_CALM */
     bool draining;
     bool goaway_final;
+    bool stall_armed; /* the timer is the stall tick (streams open) */
+    /* Bytes queued into conn->out in all, and the bytes written as of the last stall tick. */
+    uint64_t queued;
+    uint64_t written_seen;
+    unsigned stall_ticks;
     /* Flood counters over one-second windows. */
     int64_t window_start_ms;
     unsigned resets;
@@ -144,6 +153,7 @@ static const struct limits_config *limits(struct h2_conn *h)
 
 static void arm_timer(struct h2_conn *h, int ms)
 {
+    h->stall_armed = false; /* every other use of the timer replaces the stall tick */
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_add(h->timer, &tv);
 }
@@ -344,6 +354,8 @@ static int on_send_data(nghttp2_session *session, nghttp2_frame *frame, const ui
     }
     evbuffer_remove_buffer(s->out, out, length);
     h->out_total -= length;
+    s->sent += length;
+    h->queued += 9 + length + (frame->data.padlen > 0 ? frame->data.padlen : 0);
     if (frame->data.padlen > 1) {
         static const uint8_t zeros[256];
         evbuffer_add(out, zeros, frame->data.padlen - 1);
@@ -526,6 +538,7 @@ static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t len
     if (evbuffer_get_length(h->conn->out) >= H2_OUT_HIGH)
         return NGHTTP2_ERR_WOULDBLOCK;
     evbuffer_add(h->conn->out, data, length);
+    h->queued += length;
     return (ssize_t)length;
 }
 
@@ -740,8 +753,8 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     if (frame->hd.type == NGHTTP2_RST_STREAM) {
         /* Streams we refuse or find malformed count like resets: a cheap way to make us work. */
         uint32_t code = frame->rst_stream.error_code;
-        if (code != NGHTTP2_NO_ERROR && code != NGHTTP2_INTERNAL_ERROR)
-            count_reset(h);
+        if (code != NGHTTP2_NO_ERROR && code != NGHTTP2_INTERNAL_ERROR && code != NGHTTP2_CANCEL)
+            count_reset(h); /* CANCEL: our own stall reset (stall_tick), not the client's doing */
         return 0;
     }
     if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
@@ -937,6 +950,52 @@ static void notify_drain(struct h2_conn *h)
     }
 }
 
+/*
+ * SPEC 7 "slow readers": while streams are open the timer ticks every half
+ * body_timeout_ms. A stream whose response bytes wait and did not move for
+ * three ticks in a row (at least body_timeout_ms: a client that keeps its
+ * window shut) is reset with CANCEL, and its exchange logged with an error;
+ * a connection whose output did not move for as long is closed.
+ */
+static void arm_stall_tick(struct h2_conn *h)
+{
+    int ms = limits(h)->body_timeout_ms / 2;
+    arm_timer(h, ms > 0 ? ms : 1);
+    h->stall_armed = true;
+}
+
+static void stall_tick(struct h2_conn *h)
+{
+    uint64_t written = h->queued - evbuffer_get_length(h->conn->out);
+    if (evbuffer_get_length(h->conn->out) == 0 || written != h->written_seen)
+        h->stall_ticks = 0;
+    h->written_seen = written;
+    if (++h->stall_ticks >= 3) {
+        log_debug("http2: %s: no output accepted for body_timeout_ms: closing", h->remote_addr);
+        for (struct h2_stream *s = h->streams; s; s = s->next)
+            if (s->x && s->started && !s->tunnel && s->x->head_sent)
+                s->x->error = "request_timeout";
+        close_now(h);
+        return;
+    }
+    for (struct h2_stream *s = h->streams; s; s = s->next) {
+        if (s->closed || s->stalled || s->tunnel || evbuffer_get_length(s->out) == 0 ||
+            s->sent != s->sent_seen) {
+            s->stall_ticks = 0;
+            s->sent_seen = s->sent;
+            continue;
+        }
+        if (++s->stall_ticks < 3)
+            continue;
+        s->stalled = true;
+        if (s->x)
+            s->x->error = "request_timeout"; /* logged when the close ends it */
+        h->out_total -= evbuffer_get_length(s->out);
+        evbuffer_drain(s->out, evbuffer_get_length(s->out));
+        nghttp2_submit_rst_stream(h->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+    }
+}
+
 /* After a round: close when nghttp2 is done, keep the idle timer right. */
 static void check_state(struct h2_conn *h)
 {
@@ -956,9 +1015,9 @@ static void check_state(struct h2_conn *h)
     if (!h->streams && !h->idle_armed) {
         h->idle_armed = true;
         arm_timer(h, h->fresh ? limits(h)->header_timeout_ms : limits(h)->idle_timeout_ms);
-    } else if (h->streams && h->idle_armed) {
+    } else if (h->streams && (h->idle_armed || !h->stall_armed)) {
         h->idle_armed = false;
-        event_del(h->timer);
+        arm_stall_tick(h);
     }
 }
 
@@ -1071,6 +1130,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     struct h2_conn *h = arg;
     h->busy++;
     h->idle_armed = false;
+    bool stall = h->stall_armed;
+    h->stall_armed = false;
     if (h->closing) {
         close_now(h); /* the last frames did not leave in time */
     } else if (h->draining && !h->goaway_final) {
@@ -1083,6 +1144,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         /* Idle (or nothing ever came): GOAWAY, then close. */
         nghttp2_session_terminate_session(h->session, NGHTTP2_NO_ERROR);
         run(h);
+    } else if (stall) {
+        stall_tick(h);
+        if (!h->dead)
+            run(h); /* sends the resets and arms the next tick */
     }
     leave(h);
 }

@@ -55,7 +55,15 @@ static const struct hop_case hop_cases[] = {
      true,
      "Upgrade: websocket|Sec-WebSocket-Key: k|Connection: upgrade"},
     {{{"Host", "a"}}, 1, false, "Host: a"},
-    {{{"Connection", ", ,connection, Host"}, {"Host", "a"}, {"Y", "y"}}, 3, false, "Y: y"},
+    /* SPEC 7 "Host": Host and the framing fields are never removed by being named. */
+    {{{"Connection", ", ,connection, Host"}, {"Host", "a"}, {"Y", "y"}}, 3, false, "Host: a|Y: y"},
+    {{{"Connection", "host, content-length, Transfer-Encoding, Y"},
+      {"Host", "a"},
+      {"Content-Length", "3"},
+      {"Y", "y"}},
+     4,
+     false,
+     "Host: a|Content-Length: 3"},
 };
 
 static void test_hop_by_hop(void)

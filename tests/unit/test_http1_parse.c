@@ -748,8 +748,44 @@ static void test_long_runs(void)
     }
 }
 
+/* SPEC 7 "Host": uri-host [ ":" port ] (RFC 9112 3.2, RFC 3986 3.2.2-3.2.3). */
+static void test_valid_host(void)
+{
+    static const char *const good[] = {
+        "",
+        "example.com",
+        "example.com:8080",
+        "a",
+        "A-b_c~d.e",
+        "127.0.0.1",
+        "127.0.0.1:80",
+        "[::1]",
+        "[::1]:8443",
+        "[2001:db8::7]",
+        "[::ffff:1.2.3.4]",
+        "[v1.x:y]",
+        "%41bc",
+        "a!$&'()*+,;=",
+        "h:",
+        "h:65535",
+    };
+    static const char *const bad[] = {
+        "a b",   "a@evil", "user@b:x", "user@b", "b:x",   "h:123456",  "h:1:2",
+        "[::1",  "[::1]x", "[::1]:x",  "[xyz]",  "[]",    "[1.2.3.4]", "a%4",
+        "a%zz",  "a/b",    "a?b",      "a#b",    "a\tb",  "\"a\"",     "a\\b",
+        "[v1.]", "[v.x]",  ":80",      "a\x7f",  "a\x80",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        ok(http1_valid_host(slice_cstr(good[i])), "valid host '%s'", good[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ok(!http1_valid_host(slice_cstr(bad[i])), "invalid host '%s'", bad[i]);
+    /* A NUL byte inside the value. */
+    ok(!http1_valid_host(slice_make("a\0b", 3)), "NUL in a host");
+}
+
 int main(void)
 {
+    test_valid_host();
     test_valid_requests();
     test_header_values();
     test_invalid_requests();
