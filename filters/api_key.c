@@ -106,7 +106,8 @@ static int add_keys(struct api_key_filter *f, const json_t *keys, struct auth_ma
     json_object_foreach((json_t *)keys, key, value)
     {
         config_path_member(step, sizeof(step), key);
-        snprintf(sub, sizeof(sub), "%s%s", where, step);
+        if (snprintf(sub, sizeof(sub), "%s%s", where, step) >= (int)sizeof(sub))
+            sub[sizeof(sub) - 1] = '\0'; /* a very long key: the message keeps its start */
         size_t klen = strlen(key);
         /* Header parsing trims spaces around a value: a key with them could never match. */
         if (klen == 0 || !printable(key, klen) || key[0] == ' ' || key[klen - 1] == ' ') {
