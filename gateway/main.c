@@ -8,6 +8,7 @@
  * exits at once with 1.
  */
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,6 +295,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: cannot start: out of memory\n");
         return EXIT_STARTUP;
     }
+    /*
+     * SIGHUP, SIGTERM and SIGINT are held until their handlers are in place
+     * (below): once worker_new() has bound the listeners, a client (or a
+     * script waiting for the port) may already send one, and the default
+     * action would kill the process instead of draining it. Threads started
+     * meanwhile inherit the mask, so the signals reach this thread.
+     */
+    sigset_t held;
+    sigemptyset(&held);
+    sigaddset(&held, SIGHUP);
+    sigaddset(&held, SIGTERM);
+    sigaddset(&held, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &held, NULL);
     /* The listeners hand accepted connections to the codecs through this table. */
     listener_set_codecs(&server_codecs);
     proxy_register(); /* the exchange's upstream side, before any worker serves */
@@ -327,6 +341,7 @@ int main(int argc, char **argv)
             sigs[i] = evsignal_new(g.base, which[i], on_signal, &sc);
             event_add(sigs[i], NULL);
         }
+        pthread_sigmask(SIG_UNBLOCK, &held, NULL); /* a signal held so far is handled now */
         for (int i = 0; i < g.num_workers; i++) {
             if (worker_start(g.workers[i]) < 0) {
                 fprintf(stderr, "sluice: cannot start worker thread %d\n", i);
