@@ -16,6 +16,7 @@
 #include "conf/config_error.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "filter_test.h"
 #include "test.h"
 
 extern const struct filter_type filter_api_key;
@@ -25,30 +26,13 @@ static char dir[256];
 
 static const void *create(const char *json)
 {
-    json_error_t jerr;
-    json_t *options = json_loads(json, 0, &jerr);
-    ok(options != NULL, "test JSON: %s", jerr.text);
-    if (!options)
-        return NULL;
-    config_error_clear(&err);
-    err.file = "sluice.json";
-    err.dir = dir;
-    snprintf(err.path, sizeof(err.path), "routes[1].filters[0]");
-    const void *f = filter_api_key.create(options, &err);
-    json_decref(options);
-    for (size_t i = 0; i < err.count; i++)
-        printf("# %s\n", err.messages[i]);
-    return f;
+    return filter_create_json(&filter_api_key, json, "routes[1].filters[0]", dir, &err);
 }
 
 static void has_error(const char *text)
 {
-    for (size_t i = 0; i < err.count; i++)
-        if (strstr(err.messages[i], text))
-            return;
-    ok(0, "no error \"%s\" among %zu", text, err.count);
-    for (size_t i = 0; i < err.count; i++)
-        printf("#   %s\n", err.messages[i]);
+    if (!config_error_has(&err, text))
+        ok(0, "no error \"%s\" among %zu", text, err.count);
 }
 
 static void write_file(const char *name, const char *text)

@@ -13,6 +13,7 @@
 #include "conf/config.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "filter_test.h"
 #include "test.h"
 
 extern const struct filter_type filter_body_limit;
@@ -21,25 +22,12 @@ static struct config_error err;
 
 static const void *create(const char *json)
 {
-    json_error_t jerr;
-    json_t *options = json_loads(json, 0, &jerr);
-    ok(options != NULL, "test JSON: %s", jerr.text);
-    if (!options)
-        return NULL;
-    config_error_clear(&err);
-    err.file = "sluice.json";
-    snprintf(err.path, sizeof(err.path), "routes[0].filters[3]");
-    const void *f = filter_body_limit.create(options, &err);
-    json_decref(options);
-    return f;
+    return filter_create_json(&filter_body_limit, json, "routes[0].filters[3]", NULL, &err);
 }
 
 static bool has_error(const char *text)
 {
-    for (size_t i = 0; i < err.count; i++)
-        if (strstr(err.messages[i], text))
-            return true;
-    return false;
+    return config_error_has(&err, text);
 }
 
 static enum filter_verdict check(const void *f, int64_t length, int *status)

@@ -14,6 +14,7 @@
 #include "conf/config_error.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "filter_test.h"
 #include "test.h"
 
 extern const struct filter_type filter_ip_filter;
@@ -22,27 +23,13 @@ static struct config_error err;
 
 static const void *create(const char *json)
 {
-    json_error_t jerr;
-    json_t *options = json_loads(json, 0, &jerr);
-    ok(options != NULL, "test JSON: %s", jerr.text);
-    if (!options)
-        return NULL;
-    config_error_clear(&err);
-    err.file = "sluice.json";
-    snprintf(err.path, sizeof(err.path), "filters[0]");
-    const void *f = filter_ip_filter.create(options, &err);
-    json_decref(options);
-    return f;
+    return filter_create_json(&filter_ip_filter, json, "filters[0]", NULL, &err);
 }
 
 static void has_error(const char *text)
 {
-    for (size_t i = 0; i < err.count; i++)
-        if (strstr(err.messages[i], text))
-            return;
-    ok(0, "no error \"%s\" among %zu", text, err.count);
-    for (size_t i = 0; i < err.count; i++)
-        printf("#   %s\n", err.messages[i]);
+    if (!config_error_has(&err, text))
+        ok(0, "no error \"%s\" among %zu", text, err.count);
 }
 
 /* Runs the filter for a peer; returns the status (0 when it let the request through). */

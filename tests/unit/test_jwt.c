@@ -27,6 +27,7 @@
 #include "conf/config_error.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "filter_test.h"
 #include "test.h"
 
 extern const struct filter_type filter_jwt;
@@ -109,28 +110,12 @@ static char *write_file(const char *name, const char *text, size_t len)
 
 static const void *create(const char *json)
 {
-    json_error_t jerr;
-    json_t *options = json_loads(json, 0, &jerr);
-    ok(options != NULL, "test JSON: %s: %s", jerr.text, json);
-    if (!options)
-        return NULL;
-    config_error_clear(&err);
-    err.file = "sluice.json";
-    err.dir = dir;
-    snprintf(err.path, sizeof(err.path), "routes[0].filters[0]");
-    const void *f = filter_jwt.create(options, &err);
-    json_decref(options);
-    return f;
+    return filter_create_json(&filter_jwt, json, "routes[0].filters[0]", dir, &err);
 }
 
 static bool has_error(const char *text)
 {
-    for (size_t i = 0; i < err.count; i++)
-        if (strstr(err.messages[i], text))
-            return true;
-    for (size_t i = 0; i < err.count; i++)
-        printf("# error: %s\n", err.messages[i]);
-    return false;
+    return config_error_has(&err, text);
 }
 
 static enum jwt_status check_at(const void *f, const char *token, int64_t now)

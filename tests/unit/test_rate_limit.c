@@ -17,6 +17,7 @@
 #include "conf/config.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "filter_test.h"
 #include "test.h"
 
 extern const struct filter_type filter_rate_limit;
@@ -211,25 +212,12 @@ static struct config_error err;
 
 static const void *create(const char *json)
 {
-    json_error_t jerr;
-    json_t *options = json_loads(json, 0, &jerr);
-    ok(options != NULL, "test JSON: %s", jerr.text);
-    if (!options)
-        return NULL;
-    config_error_clear(&err);
-    err.file = "sluice.json";
-    snprintf(err.path, sizeof(err.path), "routes[0].filters[0]");
-    const void *f = filter_rate_limit.create(options, &err);
-    json_decref(options);
-    return f;
+    return filter_create_json(&filter_rate_limit, json, "routes[0].filters[0]", NULL, &err);
 }
 
 static bool has_error(const char *text)
 {
-    for (size_t i = 0; i < err.count; i++)
-        if (strstr(err.messages[i], text))
-            return true;
-    return false;
+    return config_error_has(&err, text);
 }
 
 static void test_options(void)

@@ -14,6 +14,7 @@
 #include "conf/config.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "filter_test.h"
 #include "test.h"
 
 extern const struct filter_type filter_rewrite;
@@ -22,25 +23,12 @@ static struct config_error err;
 
 static const void *create(const char *json)
 {
-    json_error_t jerr;
-    json_t *options = json_loads(json, 0, &jerr);
-    ok(options != NULL, "test JSON: %s", jerr.text);
-    if (!options)
-        return NULL;
-    config_error_clear(&err);
-    err.file = "sluice.json";
-    snprintf(err.path, sizeof(err.path), "routes[1].filters[0]");
-    const void *f = filter_rewrite.create(options, &err);
-    json_decref(options);
-    return f;
+    return filter_create_json(&filter_rewrite, json, "routes[1].filters[0]", NULL, &err);
 }
 
 static bool has_error(const char *text)
 {
-    for (size_t i = 0; i < err.count; i++)
-        if (strstr(err.messages[i], text))
-            return true;
-    return false;
+    return config_error_has(&err, text);
 }
 
 /* Runs filter `f` on `path` and checks what the upstream would see. */
