@@ -372,17 +372,6 @@ static const struct api_key_entry *lookup(const struct api_key_filter *f, struct
     return found;
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes `v` into the arena when it holds a '%' (a malformed escape stays as is). */
 static struct slice percent_decode(struct arena *a, struct slice v)
 {
@@ -392,8 +381,9 @@ static struct slice percent_decode(struct arena *a, struct slice v)
     size_t n = 0;
     for (size_t i = 0; i < v.len; i++) {
         int hi, lo;
-        if (v.base[i] == '%' && i + 2 < v.len && (hi = hex_value(v.base[i + 1])) >= 0 &&
-            (lo = hex_value(v.base[i + 2])) >= 0) {
+        if (v.base[i] == '%' && i + 2 < v.len &&
+            (hi = slice_hex_value((unsigned char)v.base[i + 1])) >= 0 &&
+            (lo = slice_hex_value((unsigned char)v.base[i + 2])) >= 0) {
             out[n++] = (char)(hi * 16 + lo);
             i += 2;
         } else

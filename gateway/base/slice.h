@@ -37,6 +37,15 @@ static inline bool slice_eq(struct slice a, struct slice b)
     return a.len == b.len && (a.len == 0 || memcmp(a.base, b.base, a.len) == 0);
 }
 
+/* The value of one hexadecimal digit (either case), or -1 when `c` is none. */
+static inline int slice_hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20;
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 /* ASCII lower-casing of one byte. */
 static inline unsigned char slice_lower(unsigned char c)
 {

@@ -491,17 +491,6 @@ bool router_host_matches(const char *pattern, struct slice host)
 
 /* ---- normalisation ---- */
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* RFC 3986 2.3 unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~" */
 static bool is_unreserved(int c)
 {
@@ -542,7 +531,8 @@ int router_normalize_path(struct arena *a, struct slice raw, struct slice *path)
         if (c == '%') {
             if (i + 2 >= raw.len)
                 return -1;
-            int hi = hex_value(raw.base[i + 1]), lo = hex_value(raw.base[i + 2]);
+            int hi = slice_hex_value((unsigned char)raw.base[i + 1]),
+                lo = slice_hex_value((unsigned char)raw.base[i + 2]);
             if (hi < 0 || lo < 0)
                 return -1;
             if (is_unreserved(hi * 16 + lo) || (raw.base[i + 1] >= 'a' && raw.base[i + 1] <= 'f') ||
@@ -571,7 +561,8 @@ int router_normalize_path(struct arena *a, struct slice raw, struct slice *path)
                 buf[n++] = raw.base[i];
                 continue;
             }
-            int c = hex_value(raw.base[i + 1]) * 16 + hex_value(raw.base[i + 2]);
+            int c = slice_hex_value((unsigned char)raw.base[i + 1]) * 16 +
+                    slice_hex_value((unsigned char)raw.base[i + 2]);
             if (is_unreserved(c)) {
                 buf[n++] = (char)c;
             } else {

@@ -334,6 +334,17 @@ static void upstream_labels(struct evbuffer *out, const struct series *s)
     evbuffer_add(out, "\"", 1);
 }
 
+/* Adds the counts of `s` to `d` (NULL: no room was left for it; skipped). */
+static void series_add(struct series *d, const struct series *s)
+{
+    if (!d)
+        return;
+    d->count += s->count;
+    d->sum += s->sum;
+    for (int b = 0; b < DURATION_BUCKETS; b++)
+        d->buckets[b] += s->buckets[b];
+}
+
 void metrics_render(struct evbuffer *out)
 {
     struct metrics_table sum = {0};
@@ -344,13 +355,7 @@ void metrics_render(struct evbuffer *out)
             const struct series *s = &t->items[i];
             if (!s->kind)
                 continue;
-            struct series *d = merged_lookup(&sum, s);
-            if (!d)
-                continue;
-            d->count += s->count;
-            d->sum += s->sum;
-            for (int b = 0; b < DURATION_BUCKETS; b++)
-                d->buckets[b] += s->buckets[b];
+            series_add(merged_lookup(&sum, s), s);
         }
         pthread_mutex_unlock(&t->lock);
     }
@@ -372,13 +377,7 @@ void metrics_render(struct evbuffer *out)
         if (s->kind != SERIES_REQUEST)
             continue;
         struct series key = {.kind = SERIES_REQUEST, .name_a = s->name_a};
-        struct series *d = merged_lookup(&hist, &key);
-        if (!d)
-            continue;
-        d->count += s->count;
-        d->sum += s->sum;
-        for (int b = 0; b < DURATION_BUCKETS; b++)
-            d->buckets[b] += s->buckets[b];
+        series_add(merged_lookup(&hist, &key), s);
     }
     evbuffer_add_printf(out, "# TYPE sluice_request_duration_seconds histogram\n");
     for (size_t i = 0; i < hist.cap; i++) {
