@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+import ws_bench  # the WebSocket workloads (issue 9)
+
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(BENCH_DIR)
 LIB = os.path.join(BENCH_DIR, "lib")
@@ -1012,6 +1014,9 @@ class Bench:
             for target in targets:
                 self.idle[target] = r = self.idle_conns(target)
                 log(f"  {target:8} {r.get('kib_per_conn', 'error')} KiB/conn {r.get('error', '')}")
+        if a.ws_workloads:
+            log(f"WebSocket: {', '.join(a.ws_workloads)}")
+            ws_bench.run(self, sys.modules[__name__], a.ws_workloads)
         self.elapsed = time.monotonic() - t_start
         self.report()
 
@@ -1083,7 +1088,7 @@ def parse_args(argv):
     ap.add_argument("--duration", type=int, help="seconds per measured cell; default 5 (3 with --quick)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per cell (not measured)")
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--workloads", default=",".join(w["id"] for w in WORKLOADS))
+    ap.add_argument("--workloads", default=",".join([w["id"] for w in WORKLOADS] + ws_bench.IDS))
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--no-instr", action="store_true", help="skip the cachegrind cells")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the syscall-count cells")
@@ -1103,12 +1108,14 @@ def parse_args(argv):
         a.duration = 3 if a.quick else 5
     a.targets = [t for t in a.targets.split(",") if t]
     a.workloads = [w for w in a.workloads.split(",") if w]
+    a.ws_workloads = ws_bench.wanted(a.workloads)  # run by ws_bench, not by the loops here
+    a.workloads = [w for w in a.workloads if w not in a.ws_workloads]
     for t in a.targets:
         if t not in TARGETS:
             ap.error(f"unknown target {t} (known: {', '.join(TARGETS)})")
     for w in a.workloads:
         if w not in WL:
-            ap.error(f"unknown workload {w} (known: {', '.join(WL)})")
+            ap.error(f"unknown workload {w} (known: {', '.join(list(WL) + ws_bench.IDS)})")
     if not a.out:
         a.out = os.path.join(BENCH_DIR, "results", "run-" + time.strftime("%Y%m%d-%H%M%S"))
     if a.syscall_tool is None:
