@@ -402,6 +402,15 @@ def backend_conf(d, port, h2port):
 """
 
 
+# What every proxy sets on the upstream request (nginx's spelling; ws_bench uses it too).
+NGINX_FORWARDED = """      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $request_id;
+"""
+
+
 def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
     zone, loc = "", ""
     if chain == "basic":
@@ -433,12 +442,7 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
       proxy_pass http://b;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Request-Id $request_id;
-      add_header X-Request-Id $request_id always;
+{NGINX_FORWARDED}      add_header X-Request-Id $request_id always;
       proxy_request_buffering off;
       proxy_buffering on;
       proxy_buffer_size 16k;

@@ -62,12 +62,7 @@ def nginx_conf(H, d, port, backend):
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Request-Id $request_id;
-      proxy_read_timeout 300s;
+{H.NGINX_FORWARDED}      proxy_read_timeout 300s;
       proxy_send_timeout 300s;
     }}
   }}

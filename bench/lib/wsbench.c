@@ -358,36 +358,26 @@ static size_t client_frame(unsigned char *out, int op, const void *payload, size
     return n + len;
 }
 
-static void write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EAGAIN) {
-            usleep(100);
-            continue;
-        }
-        if (w <= 0)
-            die("write: %s", w < 0 ? strerror(errno) : "closed");
-        c += w;
-        n -= (size_t)w;
-    }
-}
-
-static void read_all(int fd, void *p, size_t n)
+/* Writes (or reads) all n bytes, waiting on a non-blocking socket; dies on error or close. */
+static void io_all(int fd, void *p, size_t n, int writing)
 {
     char *c = p;
     while (n) {
-        ssize_t r = read(fd, c, n);
+        ssize_t r = writing ? write(fd, c, n) : read(fd, c, n);
         if (r < 0 && errno == EAGAIN) {
             usleep(100);
             continue;
         }
         if (r <= 0)
-            die("read: %s", r < 0 ? strerror(errno) : "the tunnel closed");
+            die("%s: %s", writing ? "write" : "read", r < 0 ? strerror(errno) : "the tunnel closed");
         c += r;
         n -= (size_t)r;
     }
+}
+
+static void write_all(int fd, const void *p, size_t n)
+{
+    io_all(fd, (void *)p, n, 1);
 }
 
 /* A connected blocking socket with the upgrade done (nothing read past the 101 head). */
@@ -556,7 +546,7 @@ static int run_idle(int port, int count)
     for (int i = 0; i < count; i++) {
         fds[i] = ws_connect(port);
         write_all(fds[i], frame, flen);
-        read_all(fds[i], echo, 7);
+        io_all(fds[i], echo, 7, 0);
         if (memcmp(echo, "\x82\x05hello", 7) != 0)
             die("idle: bad echo on tunnel %d", i);
     }

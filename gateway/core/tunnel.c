@@ -253,22 +253,24 @@ static void on_nothing(void *owner, size_t n)
 }
 
 /* The pipe is empty and the source has nothing: give the pipe back if it stays so. */
+static void source_quiet(struct tunnel *t, bool *waiting)
+{
+    *waiting = true;
+    deadline_arm(t->x->worker->deadlines, &t->pipes, TUNNEL_PIPE_IDLE_MS);
+}
+
 static void on_c2u_wait(void *owner, enum splice_end end)
 {
     struct tunnel *t = owner;
-    if (end != SPLICE_SRC)
-        return;
-    t->c2u_waiting = true;
-    deadline_arm(t->x->worker->deadlines, &t->pipes, TUNNEL_PIPE_IDLE_MS);
+    if (end == SPLICE_SRC)
+        source_quiet(t, &t->c2u_waiting);
 }
 
 static void on_u2c_wait(void *owner, enum splice_end end)
 {
     struct tunnel *t = owner;
-    if (end != SPLICE_SRC)
-        return;
-    t->u2c_waiting = true;
-    deadline_arm(t->x->worker->deadlines, &t->pipes, TUNNEL_PIPE_IDLE_MS);
+    if (end == SPLICE_SRC)
+        source_quiet(t, &t->u2c_waiting);
 }
 
 static void on_splice_done(void *owner)
