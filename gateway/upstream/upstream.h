@@ -28,6 +28,7 @@
 struct event_base;
 struct evdns_base;
 struct upstream_config;
+struct status_board;
 
 /*
  * Creates the run-time state of `cfg` on a worker and starts resolving its
@@ -77,6 +78,13 @@ bool target_is_healthy(const struct target *t);
 
 /* CLOCK_MONOTONIC in milliseconds: the clock of down_until_ms. */
 int64_t upstream_now_ms(void);
+
+/*
+ * Copies what the status page shows of `u`'s targets (those DNS offers now,
+ * and older ones that still hold connections) into the worker's board,
+ * between status_board_begin and status_board_commit (ops/status.h).
+ */
+void upstream_status_publish(const struct upstream_rt *u, struct status_board *b);
 
 /*
  * Frees the process-wide target health table. Call once at exit, after
