@@ -439,21 +439,28 @@ static void put_double(struct render *r, const char *key, double v)
     put(r, buf);
 }
 
-/* The q-quantile in ms, interpolated within the histogram bucket it falls in. */
+/*
+ * The q-quantile in ms, interpolated within the histogram bucket it falls
+ * in, and never more than the sum of all durations (a bound that matters
+ * for a few requests in a wide first bucket).
+ */
 static double quantile_ms(const struct figure *f, double q)
 {
     double rank = q * (double)f->count;
     uint64_t below = 0;
     double lower = 0;
-    for (int i = 0; i < f->num_buckets; i++) {
+    double v = -1;
+    for (int i = 0; i < f->num_buckets && v < 0; i++) {
         if ((double)f->buckets[i] >= rank && f->buckets[i] > below) {
             double part = (rank - (double)below) / (double)(f->buckets[i] - below);
-            return (lower + (f->bounds[i] - lower) * part) * 1000.0;
+            v = lower + (f->bounds[i] - lower) * part;
         }
         below = f->buckets[i];
         lower = f->bounds[i];
     }
-    return lower * 1000.0; /* above the last bound: at least that */
+    if (v < 0)
+        v = lower; /* above the last bound: at least that */
+    return (v < f->seconds ? v : f->seconds) * 1000.0;
 }
 
 static const char *const class_names[6] = {"other", "1xx", "2xx", "3xx", "4xx", "5xx"};
