@@ -469,7 +469,8 @@ void metrics_free(void)
 
 /* ---- the read side of the status page ------------------------------------------ */
 
-void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx)
+void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx,
+                   struct metrics_gauges *gauges)
 {
     struct metrics_table sum = {0};
     pthread_mutex_lock(&tables_lock);
@@ -510,14 +511,10 @@ void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *
         fn(ctx, &f);
     }
     free(sum.items);
-}
-
-void metrics_gauges_read(struct metrics_gauges *out)
-{
-    out->http1 = atomic_load(&conns_http1);
-    out->h2 = atomic_load(&conns_h2);
-    out->websocket = atomic_load(&conns_websocket);
-    out->tunnels = atomic_load(&tunnels);
-    out->reloads_ok = atomic_load(&reloads_ok);
-    out->reloads_error = atomic_load(&reloads_error);
+    gauges->http1 = atomic_load(&conns_http1);
+    gauges->h2 = atomic_load(&conns_h2);
+    gauges->websocket = atomic_load(&conns_websocket);
+    gauges->tunnels = atomic_load(&tunnels);
+    gauges->reloads_ok = atomic_load(&reloads_ok);
+    gauges->reloads_error = atomic_load(&reloads_error);
 }

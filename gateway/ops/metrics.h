@@ -77,15 +77,18 @@ struct metrics_figure {
     int num_buckets;
 };
 
-/* Calls `fn` once per series, under the same per-table locks a scrape takes. */
-void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx);
-
+/* The unlabelled figures. */
 struct metrics_gauges {
     long http1, h2, websocket; /* connections_active{protocol} */
     long tunnels;              /* websocket_tunnels_active */
     long reloads_ok, reloads_error;
 };
 
-void metrics_gauges_read(struct metrics_gauges *out);
+/*
+ * Calls `fn` once per series, summed over the workers the way a scrape sums
+ * them (and under the same locks), and fills `gauges`.
+ */
+void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx,
+                   struct metrics_gauges *gauges);
 
 #endif

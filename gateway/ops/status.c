@@ -803,7 +803,8 @@ void status_render(struct evbuffer *out, bool draining)
     json_writer_init_evbuffer(&w, out);
     int64_t now_ms = clock_mono_ms();
     struct figures now = {0};
-    metrics_visit(on_metric, &now);
+    struct metrics_gauges g;
+    metrics_visit(on_metric, &now, &g);
     bool kept;
     const struct sample *base = samples_update(now_ms, &now, &kept);
     struct render r = {
@@ -813,8 +814,6 @@ void status_render(struct evbuffer *out, bool draining)
         .window_s = (double)(now_ms - (base ? base->at_ms : started_ms)) / 1000.0,
         .now_ms = now_ms,
     };
-    struct metrics_gauges g;
-    metrics_gauges_read(&g);
     struct snapshot *s = config_current_hold();
     put_process(&r, s, &g, draining);
     struct merged m = {0};
