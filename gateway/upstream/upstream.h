@@ -68,6 +68,13 @@ struct target *upstream_pick(struct upstream_rt *u, const struct balance_key *ke
 size_t upstream_healthy_count(const struct upstream_rt *u);
 
 /*
+ * Copies what the status page shows of `u`'s targets (those DNS offers now,
+ * and older ones that still hold connections) into the worker's board,
+ * between status_board_begin and status_board_commit (ops/status.h).
+ */
+void upstream_status_publish(const struct upstream_rt *u, struct status_board *b);
+
+/*
  * Passive health: connecting to `t` failed (refused, reset, timeout). The
  * target is down for health.interval_ms, or 5000 ms without health_check.
  */
@@ -78,13 +85,6 @@ bool target_is_healthy(const struct target *t);
 
 /* CLOCK_MONOTONIC in milliseconds: the clock of down_until_ms. */
 int64_t upstream_now_ms(void);
-
-/*
- * Copies what the status page shows of `u`'s targets (those DNS offers now,
- * and older ones that still hold connections) into the worker's board,
- * between status_board_begin and status_board_commit (ops/status.h).
- */
-void upstream_status_publish(const struct upstream_rt *u, struct status_board *b);
 
 /*
  * Frees the process-wide target health table. Call once at exit, after
