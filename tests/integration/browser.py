@@ -62,8 +62,8 @@ class Chromium:
 
         def child_fds():
             # Move both ends above 3 and 4 first, so neither dup2 clobbers the other.
-            r = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)
-            w = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
+            r = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD_CLOEXEC, 10)
+            w = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD_CLOEXEC, 10)
             os.dup2(r, 3)
             os.dup2(w, 4)
 
