@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import RSS_ENV, RssSampler, free_port, request, upstream, wait_until
+from conftest import RSS_ENV, RssSampler, request, upstream, wait_until
 from test_14_hardening import window_zero_client
 from test_21_http2 import h2c_listener
 
