@@ -4,8 +4,8 @@
  * The main thread loads the configuration, binds every listener (so a port
  * conflict is an exit 3 before anything runs), starts the workers, then
  * runs its own small loop for signals and the admin listener. SIGHUP loads
- * a new snapshot and publishes it; SIGTERM/SIGINT drain; a second SIGINT
- * exits at once with 1.
+ * a new snapshot and publishes it; SIGUSR1 reopens the access log file;
+ * SIGTERM/SIGINT drain; a second SIGINT exits at once with 1.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -32,6 +32,7 @@
 #include "upstream/upstream.h"
 #include "core/worker.h"
 #include "server/codecs.h"
+#include "net/tls.h"
 
 enum {
     EXIT_OK = 0,
@@ -195,6 +196,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     case SIGTERM:
         begin_drain(g);
         break;
+    case SIGUSR1:
+        log_info("SIGUSR1: reopening the access log");
+        accesslog_reopen();
+        break;
     }
 }
 
@@ -296,7 +301,7 @@ int main(int argc, char **argv)
         return EXIT_STARTUP;
     }
     /*
-     * SIGHUP, SIGTERM and SIGINT are held until their handlers are in place
+     * SIGHUP, SIGTERM, SIGINT and SIGUSR1 are held until their handlers are in place
      * (below): once worker_new() has bound the listeners, a client (or a
      * script waiting for the port) may already send one, and the default
      * action would kill the process instead of draining it. Threads started
@@ -307,10 +312,14 @@ int main(int argc, char **argv)
     sigaddset(&held, SIGHUP);
     sigaddset(&held, SIGTERM);
     sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &held, NULL);
     /* The listeners hand accepted connections to the codecs through this table. */
     listener_set_codecs(&server_codecs);
     proxy_register(); /* the exchange's upstream side, before any worker serves */
+    /* What /metrics shows from layers above ops: TLS failures, target health. */
+    tls_set_failure_hook(metrics_tls_handshake_failed);
+    metrics_set_health_source(upstream_health_each);
     struct snapshot *cur = config_current_hold();
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);
@@ -334,10 +343,10 @@ int main(int argc, char **argv)
     snapshot_release(cur);
 
     struct signal_context sc = {&g, file};
-    struct event *sigs[3] = {0};
+    struct event *sigs[4] = {0};
     if (status == EXIT_OK) {
-        int which[3] = {SIGHUP, SIGTERM, SIGINT};
-        for (int i = 0; i < 3; i++) {
+        int which[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
+        for (int i = 0; i < 4; i++) {
             sigs[i] = evsignal_new(g.base, which[i], on_signal, &sc);
             event_add(sigs[i], NULL);
         }
@@ -362,7 +371,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < g.num_workers; i++)
         worker_join_free(g.workers[i]);
     free(g.workers);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (sigs[i])
             event_free(sigs[i]);
     if (g.poll)
