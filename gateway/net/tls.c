@@ -695,7 +695,9 @@ static void on_error(struct conn *c, int err)
     char ip[64], why[256];
     tls_describe_failure(c, why, sizeof why);
     log_debug("TLS handshake with %s failed: %s", peer_ip(a, ip), why);
-    if (failure_hook)
+    /* A peer that closed before sending a byte (a TCP health check) made no handshake to fail. */
+    bool silent = BIO_number_read(SSL_get_rbio(c->ssl)) == 0;
+    if (failure_hook && !silent)
         failure_hook(a->listener);
     accept_close(a);
 }

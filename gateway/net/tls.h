@@ -72,7 +72,8 @@ int tls_server_accept(struct net_loop *loop, int fd, const struct sockaddr_stora
 
 /*
  * Registers the function told of every client handshake that fails or
- * times out, with the listener's configured address (the metrics, from
+ * times out (not of a connection closed before its first byte, such as a
+ * TCP health check), with the listener's configured address (the metrics, from
  * main: ops sits above net). Set once before any worker runs; NULL: none.
  * Called on the worker's thread.
  */
