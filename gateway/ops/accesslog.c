@@ -58,6 +58,34 @@ struct record {
     const char *path; /* interned: "-" or a file */
 };
 
+/*
+ * The current second formatted both ways, remade when the second changes:
+ * gmtime_r takes glibc's time zone lock, and snprintf costs more than the
+ * rest of a line.
+ */
+struct log_clock {
+    time_t sec;
+    char iso[24]; /* "2026-01-31T12:00:00." */
+    size_t iso_len;
+    char common[32]; /* "31/Jan/2026:12:00:00 +0000" */
+};
+
+static void log_clock_update(struct log_clock *c, time_t sec)
+{
+    static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    if (c->iso_len && c->sec == sec)
+        return;
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    int n = snprintf(c->iso, sizeof c->iso, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    c->iso_len = n > 0 && (size_t)n < sizeof c->iso ? (size_t)n : 0;
+    snprintf(c->common, sizeof c->common, "%02d/%s/%04d:%02d:%02d:%02d +0000", tm.tm_mday,
+             mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    c->sec = sec;
+}
+
 struct accesslog_ring {
     struct accesslog_ring *next; /* the list of rings (rings_lock) */
     bool shared;                 /* several producing threads: they take `producers` */
@@ -67,6 +95,7 @@ struct accesslog_ring {
     _Atomic uint64_t dropped; /* producer: lines that did not fit */
     const char *path_key;     /* producer: the config's path pointer last seen ... */
     const char *path;         /* ... and its interned copy */
+    struct log_clock clock;   /* producer: the current second, formatted */
     _Alignas(8) unsigned char data[RING_BYTES];
 };
 
@@ -454,26 +483,22 @@ static void ring_put(struct accesslog_ring *r, const char *path, const char *tex
 /* Appends ,"name":"value" (the name is trusted syntax). */
 static void put_string(struct json_writer *w, const char *name, struct slice value)
 {
-    json_writer_raw_cstr(w, name);
+    json_writer_raw(w, name, strlen(name)); /* inlined: a constant */
     json_writer_string(w, value);
 }
 
 /* Appends ,"name":number. */
 static void put_number(struct json_writer *w, const char *name, long long v)
 {
-    json_writer_raw_cstr(w, name);
+    json_writer_raw(w, name, strlen(name)); /* inlined: a constant */
     json_writer_int(w, v);
 }
 
 /* Formats the combined line into buf; returns its length (newline included). */
-static size_t format_combined(const struct ops_record *r, const struct tm *tm, char *buf,
+static size_t format_combined(const struct ops_record *r, const struct log_clock *clock, char *buf,
                               size_t cap)
 {
-    static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    char ts[64];
-    snprintf(ts, sizeof ts, "%02d/%s/%04d:%02d:%02d:%02d +0000", tm->tm_mday, mon[tm->tm_mon],
-             tm->tm_year + 1900, tm->tm_hour, tm->tm_min, tm->tm_sec);
+    const char *ts = clock->common;
     const struct slice *ref = header_get(r->req_headers, SLICE_LIT("Referer"));
     const struct slice *ua = header_get(r->req_headers, SLICE_LIT("User-Agent"));
     int n = snprintf(buf, cap - 1, "%s - %.*s [%s] \"%.*s %.*s %s\" %d %llu \"%.*s\" \"%.*s\"\n",
@@ -490,15 +515,19 @@ static size_t format_combined(const struct ops_record *r, const struct tm *tm, c
 }
 
 /* Formats the JSON line (SPEC 6) into buf; returns its length (newline included). */
-static size_t format_json(const struct ops_record *r, const struct tm *tm, long msec, char *buf,
-                          size_t cap)
+static size_t format_json(const struct ops_record *r, const struct log_clock *clock, long msec,
+                          char *buf, size_t cap)
 {
     struct json_writer w;
     json_writer_init_buffer(&w, buf, cap);
-    char ts[64];
-    int n = snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm->tm_year + 1900,
-                     tm->tm_mon + 1, tm->tm_mday, tm->tm_hour, tm->tm_min, tm->tm_sec, msec);
-    put_string(&w, "{\"time\":", slice_make(ts, (size_t)n));
+    char ts[32];
+    size_t n = clock->iso_len;
+    memcpy(ts, clock->iso, n);
+    ts[n++] = (char)('0' + msec / 100);
+    ts[n++] = (char)('0' + msec / 10 % 10);
+    ts[n++] = (char)('0' + msec % 10);
+    ts[n++] = 'Z';
+    put_string(&w, "{\"time\":", slice_make(ts, n));
     put_string(&w, ",\"request_id\":", r->request_id);
     put_string(&w, ",\"remote_addr\":", slice_cstr(r->remote_addr));
     if (r->method.len)
@@ -545,18 +574,17 @@ void accesslog_write(const struct ops_record *r)
     const struct access_log_config *cfg = r->log;
     if (!accesslog_enabled(cfg))
         return;
-    char buf[LINE_MAX_BYTES];
-    struct timespec now = clock_real();
-    struct tm tm;
-    gmtime_r(&now.tv_sec, &tm);
-    size_t len = cfg->format == ACCESS_LOG_COMBINED
-                     ? format_combined(r, &tm, buf, sizeof buf)
-                     : format_json(r, &tm, now.tv_nsec / 1000000, buf, sizeof buf);
     struct accesslog_ring *ring = ring_self();
     if (!ring)
         return;
     if (ring->shared)
         pthread_mutex_lock(&ring->producers);
+    char buf[LINE_MAX_BYTES];
+    struct timespec now = clock_real();
+    log_clock_update(&ring->clock, now.tv_sec);
+    size_t len = cfg->format == ACCESS_LOG_COMBINED
+                     ? format_combined(r, &ring->clock, buf, sizeof buf)
+                     : format_json(r, &ring->clock, now.tv_nsec / 1000000, buf, sizeof buf);
     ring_put(ring, ring_path(ring, cfg->path), buf, len);
     if (ring->shared)
         pthread_mutex_unlock(&ring->producers);
