@@ -146,25 +146,38 @@ static void begin_drain(struct gateway *g)
     event_add(g->poll, &tv);
 }
 
+/* The descriptors limits.max_connections needs: a client and an upstream socket each, plus
+ * the loops, listeners, pools and logs. */
+static rlim_t files_needed(const struct snapshot *s)
+{
+    return (rlim_t)s->limits.max_connections * 2 + 256;
+}
+
 /*
  * Raises the soft descriptor limit towards the hard one, to what
- * limits.max_connections needs: a client socket and an upstream one per
- * connection, plus the loops, listeners, pools and logs. Warns with the
- * numbers when the hard limit is lower.
+ * limits.max_connections needs. Done before the listeners are bound, so
+ * whoever sees the port open sees the raised limit.
  */
 static void raise_file_limit(const struct snapshot *s)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return;
-    rlim_t need = (rlim_t)s->limits.max_connections * 2 + 256;
+    rlim_t need = files_needed(s);
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
         struct rlimit raised = {want, rl.rlim_max};
-        if (want > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &raised) == 0)
-            rl.rlim_cur = want;
+        if (want > rl.rlim_cur)
+            setrlimit(RLIMIT_NOFILE, &raised);
     }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+}
+
+/* Warns with the numbers when the hard limit kept the soft one below the need. */
+static void warn_file_limit(const struct snapshot *s)
+{
+    struct rlimit rl;
+    rlim_t need = files_needed(s);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
         log_warn("limits.max_connections %d needs about %llu file descriptors but the limit "
                  "(RLIMIT_NOFILE) is %llu: raise the hard limit (ulimit -Hn) or lower "
                  "limits.max_connections",
@@ -321,6 +334,7 @@ int main(int argc, char **argv)
     tls_set_failure_hook(metrics_tls_handshake_failed);
     metrics_set_health_source(upstream_health_each);
     struct snapshot *cur = config_current_hold();
+    raise_file_limit(cur); /* before any socket: the warning waits for a successful start */
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);
         if (!g.workers[i]) {
@@ -339,7 +353,7 @@ int main(int argc, char **argv)
         status = EXIT_STARTUP;
     }
     if (status == EXIT_OK)
-        raise_file_limit(cur); /* before the workers accept; a failed start-up says nothing more */
+        warn_file_limit(cur); /* only now: a failed start-up says nothing more */
     snapshot_release(cur);
 
     struct signal_context sc = {&g, file};
