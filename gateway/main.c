@@ -4,8 +4,8 @@
  * The main thread loads the configuration, binds every listener (so a port
  * conflict is an exit 3 before anything runs), starts the workers, then
  * runs its own small loop for signals and the admin listener. SIGHUP loads
- * a new snapshot and publishes it; SIGTERM/SIGINT drain; a second SIGINT
- * exits at once with 1.
+ * a new snapshot and publishes it; SIGUSR1 reopens the access log file;
+ * SIGTERM/SIGINT drain; a second SIGINT exits at once with 1.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -33,6 +33,7 @@
 #include "upstream/upstream.h"
 #include "core/worker.h"
 #include "server/codecs.h"
+#include "net/tls.h"
 
 enum {
     EXIT_OK = 0,
@@ -146,25 +147,38 @@ static void begin_drain(struct gateway *g)
     event_add(g->poll, &tv);
 }
 
+/* The descriptors limits.max_connections needs: a client and an upstream socket each, plus
+ * the loops, listeners, pools and logs. */
+static rlim_t files_needed(const struct snapshot *s)
+{
+    return (rlim_t)s->limits.max_connections * 2 + 256;
+}
+
 /*
  * Raises the soft descriptor limit towards the hard one, to what
- * limits.max_connections needs: a client socket and an upstream one per
- * connection, plus the loops, listeners, pools and logs. Warns with the
- * numbers when the hard limit is lower.
+ * limits.max_connections needs. Done before the listeners are bound, so
+ * whoever sees the port open sees the raised limit.
  */
 static void raise_file_limit(const struct snapshot *s)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return;
-    rlim_t need = (rlim_t)s->limits.max_connections * 2 + 256;
+    rlim_t need = files_needed(s);
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
         struct rlimit raised = {want, rl.rlim_max};
-        if (want > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &raised) == 0)
-            rl.rlim_cur = want;
+        if (want > rl.rlim_cur)
+            setrlimit(RLIMIT_NOFILE, &raised);
     }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+}
+
+/* Warns with the numbers when the hard limit kept the soft one below the need. */
+static void warn_file_limit(const struct snapshot *s)
+{
+    struct rlimit rl;
+    rlim_t need = files_needed(s);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
         log_warn("limits.max_connections %d needs about %llu file descriptors but the limit "
                  "(RLIMIT_NOFILE) is %llu: raise the hard limit (ulimit -Hn) or lower "
                  "limits.max_connections",
@@ -195,6 +209,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         break;
     case SIGTERM:
         begin_drain(g);
+        break;
+    case SIGUSR1:
+        log_info("SIGUSR1: reopening the access log");
+        accesslog_reopen();
         break;
     }
 }
@@ -297,7 +315,7 @@ int main(int argc, char **argv)
         return EXIT_STARTUP;
     }
     /*
-     * SIGHUP, SIGTERM and SIGINT are held until their handlers are in place
+     * SIGHUP, SIGTERM, SIGINT and SIGUSR1 are held until their handlers are in place
      * (below): once worker_new() has bound the listeners, a client (or a
      * script waiting for the port) may already send one, and the default
      * action would kill the process instead of draining it. Threads started
@@ -308,11 +326,16 @@ int main(int argc, char **argv)
     sigaddset(&held, SIGHUP);
     sigaddset(&held, SIGTERM);
     sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &held, NULL);
     /* The listeners hand accepted connections to the codecs through this table. */
     listener_set_codecs(&server_codecs);
     proxy_register(); /* the exchange's upstream side, before any worker serves */
+    /* What /metrics shows from layers above ops: TLS failures, target health. */
+    tls_set_failure_hook(metrics_tls_handshake_failed);
+    metrics_set_health_source(upstream_health_each);
     struct snapshot *cur = config_current_hold();
+    raise_file_limit(cur); /* before any socket: the warning waits for a successful start */
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);
         if (!g.workers[i]) {
@@ -332,14 +355,14 @@ int main(int argc, char **argv)
         status = EXIT_STARTUP;
     }
     if (status == EXIT_OK)
-        raise_file_limit(cur); /* before the workers accept; a failed start-up says nothing more */
+        warn_file_limit(cur); /* only now: a failed start-up says nothing more */
     snapshot_release(cur);
 
     struct signal_context sc = {&g, file};
-    struct event *sigs[3] = {0};
+    struct event *sigs[4] = {0};
     if (status == EXIT_OK) {
-        int which[3] = {SIGHUP, SIGTERM, SIGINT};
-        for (int i = 0; i < 3; i++) {
+        int which[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
+        for (int i = 0; i < 4; i++) {
             sigs[i] = evsignal_new(g.base, which[i], on_signal, &sc);
             event_add(sigs[i], NULL);
         }
@@ -364,7 +387,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < g.num_workers; i++)
         worker_join_free(g.workers[i]);
     free(g.workers);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (sigs[i])
             event_free(sigs[i]);
     if (g.poll)

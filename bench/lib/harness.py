@@ -62,6 +62,10 @@ WORKLOADS = [
          method="GET", path="/small", conns=50, body=2, chain="jwt"),
     dict(id="basic", label="small GET + basic_auth bcrypt-10 + rate_limit, -c10", proto="h1",
          method="GET", path="/small", conns=10, body=2, chain="basic"),
+    # The small GET with the access log written to a file (sluice: JSON;
+    # nginx: its default combined format, unbuffered), next to "small" (log off).
+    dict(id="small-log", label="small GET (2 B) + access log to a file, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, log=True),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
@@ -70,6 +74,11 @@ INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post
 SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000, "h2small": 20000}
 INSTR_COUNTS["jwt"] = (2000, 200)
 SYSCALL_COUNTS["jwt"] = 20000
+INSTR_COUNTS["small-log"] = INSTR_COUNTS["small"]
+SYSCALL_COUNTS["small-log"] = SYSCALL_COUNTS["small"]
+# Why a target has no small-log cell.
+NO_LOG = {"direct": "the backend alone is not the proxy under test",
+          "haproxy": "HAProxy writes its log only through syslog"}
 # Filter chains: which sluice filter types each needs (to say why a cell is
 # n/a while the binary lacks one), and why a target cannot take part.
 CHAINS = {
@@ -411,7 +420,7 @@ NGINX_FORWARDED = """      proxy_set_header Host $http_host;
 """
 
 
-def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
+def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, log=False):
     zone, loc = "", ""
     if chain == "basic":
         # limit_req runs in nginx's preaccess phase, auth_basic in the access
@@ -424,8 +433,9 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
 """
     elif chain is not None:
         raise BenchError(f"nginx has no configuration for the {chain} chain")
+    access_log = f"{d}/access.log combined" if log else "off"
     return nginx_common(d, master) + f"""http {{
-{zone}  access_log off;
+{zone}  access_log {access_log};
   tcp_nodelay on;
   keepalive_timeout 120s; keepalive_requests 100000000;
   client_max_body_size 0;
@@ -526,7 +536,7 @@ def sluice_filters(chain, cr):
     raise BenchError(f"sluice has no configuration for the {chain} chain")
 
 
-def sluice_conf(port, backend, h2, chain=None, cr=None):
+def sluice_conf(port, backend, h2, chain=None, cr=None, log_path=None):
     import json
     lst = {"address": f"127.0.0.1:{port}"}
     if h2:
@@ -537,7 +547,7 @@ def sluice_conf(port, backend, h2, chain=None, cr=None):
     return json.dumps({
         "workers": 1,
         "listen": [lst],
-        "access_log": {"path": "off"},
+        "access_log": {"path": log_path, "format": "json"} if log_path else {"path": "off"},
         "upstreams": {"b": {"targets": [f"127.0.0.1:{backend}"], "keepalive": 64}},
         "routes": [route],
         "limits": {"idle_timeout_ms": 120000, "drain_timeout_ms": 2000},
@@ -632,6 +642,8 @@ class Bench:
         """None when the cell can run, else (status, reason)."""
         if wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported():
             return ("n/a", "sluice has no HTTP/2 (h2c) listener yet")
+        if wl.get("log") and target in NO_LOG:
+            return ("n/a", NO_LOG[target])
         chain = wl.get("chain")
         if chain is None:
             return None
@@ -671,7 +683,7 @@ class Bench:
         got.append(f"valid: {st}{extra}")
         self.enforce[(wl["id"], target)] = "; ".join(got)
 
-    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None):
+    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None, log=False):
         """Start a fresh proxy; return (Proc or None, port). direct -> backend."""
         if target == "direct":
             return None, (self.bh2port if h2 else self.bport)
@@ -688,7 +700,8 @@ class Bench:
         if target == "nginx":
             conf = os.path.join(d, "nginx.conf")
             with open(conf, "w") as f:
-                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr))
+                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr,
+                                         log=log))
             argv = [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf]
         elif target == "haproxy":
             conf = os.path.join(d, "haproxy.cfg")
@@ -698,7 +711,8 @@ class Bench:
         elif target == "sluice":
             conf = os.path.join(d, "sluice.json")
             with open(conf, "w") as f:
-                f.write(sluice_conf(port, self.bport, h2, chain, cr))
+                f.write(sluice_conf(port, self.bport, h2, chain, cr,
+                                    os.path.join(d, "access.log") if log else None))
             argv = [self.a.sluice, "-c", conf]
         else:
             raise ValueError(target)
@@ -753,7 +767,8 @@ class Bench:
         p = None
         tag = f"-{wl['id']}-r{rnd}"
         try:
-            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"))
+            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
+                                        log=wl.get("log", False))
             pids = p.tree() if p else self.backend.tree()
             raw = os.path.join(self.out, "logs", f"{target}{tag}")
             if wl.get("chain"):
@@ -885,7 +900,8 @@ class Bench:
             vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
             if os.path.exists(vlog):
                 os.unlink(vlog)
-            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"))
+            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"),
+                                        log=wl.get("log", False))
             try:
                 self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
                                   timeout=300)
@@ -908,7 +924,8 @@ class Bench:
             n //= 2
         tag = f"-sys-{wl['id']}"
         logs = os.path.join(self.out, "logs")
-        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"))
+        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
+                                    log=wl.get("log", False))
         tracer = None
         try:
             # warm the upstream pool first, then attach to the process tree

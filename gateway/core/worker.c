@@ -20,6 +20,7 @@
 #include "net/splice.h"
 #include "base/log.h"
 #include "upstream/upstream.h"
+#include "ops/accesslog.h"
 #include "ops/metrics.h"
 #include "ops/status.h"
 
@@ -300,6 +301,7 @@ static void cache_clear(struct worker *w)
     conn_cache_clear(&w->cache);
     splice_cache_clear(&w->cache);
     metrics_cache_clear(&w->cache);
+    accesslog_cache_clear(&w->cache);
 }
 
 static void *worker_main(void *arg)

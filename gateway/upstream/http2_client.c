@@ -172,7 +172,7 @@ static void unlink_from_pool(struct h2_session *s)
     if (s->next)
         s->next->prev = s->prev;
     s->next = s->prev = NULL;
-    p->num_open--;
+    pool_count_open(p, -1);
     s->pool = NULL;
     s->cfg = NULL;
 }
@@ -780,7 +780,7 @@ static struct h2_session *session_new(struct event_base *base, struct target *t,
         p->h2->prev = s;
     p->h2 = s;
     p->close_sessions = close_sessions;
-    p->num_open++;
+    pool_count_open(p, 1);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     return s;

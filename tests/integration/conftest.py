@@ -613,3 +613,37 @@ class RssSampler:
     def __exit__(self, *exc):
         self.stop_evt.set()
         self.thread.join(2)
+
+
+# --------------------------------------------------------------------------
+# /metrics
+
+METRIC_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+def parse_metrics(text: str):
+    """Prometheus text -> [(name, {label: value}, float)], comments skipped."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = METRIC_RE.match(line)
+        assert m, f"not Prometheus text: {line!r}"
+        labels = {k: re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
+                  for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"',
+                                         m.group(2) or "")}
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def scrape_metrics(port):
+    """GET /metrics on the admin port, parsed (see parse_metrics)."""
+    r = request(port, "GET", "/metrics")
+    assert r.status == 200, r
+    return parse_metrics(r.body.decode())
+
+
+def metric_value(found, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`; None when there is none."""
+    vals = [v for n, l, v in found if n == name and all(l.get(k) == x for k, x in labels.items())]
+    return sum(vals) if vals else None
