@@ -788,26 +788,22 @@ void metrics_free(void)
 void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx,
                    struct metrics_gauges *gauges)
 {
-    struct metrics_table sum = {0};
-    pthread_mutex_lock(&tables_lock);
-    for (struct metrics_table *t = tables; t; t = t->next) {
-        pthread_mutex_lock(&t->lock);
-        for (size_t i = 0; i < t->cap; i++) {
-            if (t->items[i].kind)
-                series_add(merged_lookup(&sum, &t->items[i]), &t->items[i]);
-        }
-        pthread_mutex_unlock(&t->lock);
-    }
-    pthread_mutex_unlock(&tables_lock);
+    struct totals sum = {0};
+    int64_t fixed[FIXED_COUNT];
+    collect(&sum, fixed);
     for (size_t i = 0; i < sum.cap; i++) {
-        const struct series *s = &sum.items[i];
-        struct metrics_figure f = {.code = s->code, .count = s->count};
+        const struct total *s = &sum.items[i];
+        uint64_t cumulative[DURATION_BUCKETS];
+        struct metrics_figure f = {.code = s->code, .count = s->cells[0]};
         switch (s->kind) {
         case SERIES_REQUEST:
             f.kind = METRICS_ROUTE;
             f.route = s->name_a;
-            f.seconds = s->sum;
-            f.buckets = s->buckets;
+            f.count = total_count(s);
+            f.seconds = (double)s->cells[CELL_SUM_US] / 1e6;
+            for (int b = 0; b < DURATION_BUCKETS; b++)
+                cumulative[b] = (b ? cumulative[b - 1] : 0) + s->cells[b];
+            f.buckets = cumulative;
             f.bounds = duration_bounds;
             f.num_buckets = DURATION_BUCKETS;
             break;
@@ -827,10 +823,10 @@ void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *
         fn(ctx, &f);
     }
     free(sum.items);
-    gauges->http1 = atomic_load(&conns_http1);
-    gauges->h2 = atomic_load(&conns_h2);
-    gauges->websocket = atomic_load(&conns_websocket);
-    gauges->tunnels = atomic_load(&tunnels);
-    gauges->reloads_ok = atomic_load(&reloads_ok);
-    gauges->reloads_error = atomic_load(&reloads_error);
+    gauges->http1 = fixed[FIXED_CONNS_HTTP1];
+    gauges->h2 = fixed[FIXED_CONNS_H2];
+    gauges->websocket = fixed[FIXED_CONNS_WEBSOCKET];
+    gauges->tunnels = fixed[FIXED_TUNNELS];
+    gauges->reloads_ok = fixed[FIXED_RELOADS_OK];
+    gauges->reloads_error = fixed[FIXED_RELOADS_ERROR];
 }
