@@ -467,6 +467,10 @@ static int parse_key(struct rate_limit_filter *f, const json_t *options, struct 
             return -1;
         }
         f->header_len = strlen(name);
+        /* Lower case, so the Redis key is the same however each gateway's file spells it. */
+        for (size_t i = 0; i < f->header_len; i++)
+            if (f->header[i] >= 'A' && f->header[i] <= 'Z')
+                f->header[i] = (char)(f->header[i] - 'A' + 'a');
     } else {
         config_error_add(err, ".key",
                          "unknown key \"%s\" (use \"ip\", \"consumer\", \"route\" or "

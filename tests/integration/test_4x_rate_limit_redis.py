@@ -157,3 +157,119 @@ def test_at_100_per_minute_three_instances(sluice, backend, redis_server):
     passed = statuses.count(200)
     assert 100 <= passed <= 100 + int(elapsed / 0.6) + 1, (passed, elapsed)
     assert passed + statuses.count(429) == 600
+
+
+def burst_of(port, n, clients=10, key=None):
+    """n requests from `clients` concurrent clients, each on a new connection:
+    [(status, headers, seconds)]."""
+    headers = {"X-Client": key} if key else None
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return list(pool.map(lambda _: get(port, headers), range(n), timeout=120))
+
+
+def p99(results):
+    times = sorted(t for _, _, t in results)
+    return times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+def test_redis_stopped_then_restarted(sluice, backend, redis_server, mode):
+    """Redis stopped mid-run: on_store_error decides at once, no stall; Redis
+    back (a new process, empty): exact again once the workers reconnected."""
+    b = backend("api")
+    r = redis_server()
+    timeout_ms = 300
+    s = gateway(sluice, b, r, [limited(3, "hour", key="header:X-Client", on_store_error=mode)],
+                admin=True, timeout_ms=timeout_ms)
+    assert [get(s.port, {"X-Client": "a"})[0] for _ in range(4)] == [200, 200, 200, 429]
+
+    r.stop()
+    results = burst_of(s.port, 100, key="a")
+    want = 200 if mode == "allow" else 503
+    assert [st for st, _, _ in results] == [want] * 100
+    # Nothing known of the bucket: no RateLimit headers on a pass decided without Redis.
+    assert all("ratelimit-limit" not in h for _, h, _ in results)
+    if mode == "deny":
+        assert all(h.get("content-type", "").startswith("application/json") for _, h, _ in results)
+    assert p99(results) < timeout_ms / 1000 + 2.0, p99(results)
+    assert metric(s, "sluice_rate_limit_store_errors_total") >= 100
+
+    r2 = redis_server(port=r.port)
+    wait_store_answers(s)
+    statuses = [st for st, _, _ in burst_of(s.port, 20, key="a")]
+    assert statuses.count(200) == 3 and statuses.count(429) == 17, statuses
+    assert r2.command("EXISTS", "sluice:rl:routes[0].filters[0]:3/3600/3:header:x-client:a") == 1
+
+
+def test_redis_stalled_answers_within_timeout(sluice, backend, redis_server):
+    """A server that accepts but never answers (SIGSTOP): the first requests wait
+    timeout_ms, then the connection is dropped and the rest are answered at once."""
+    b = backend("api")
+    r = redis_server()
+    timeout_ms = 300
+    s = gateway(sluice, b, r, [limited(100, "hour", key="header:X-Client", on_store_error="deny")],
+                admin=True, timeout_ms=timeout_ms)
+    assert get(s.port, {"X-Client": "a"})[0] == 200
+    r.pause()
+    try:
+        results = burst_of(s.port, 60, key="a")
+        assert [st for st, _, _ in results] == [503] * 60
+        assert p99(results) < timeout_ms / 1000 + 2.0, p99(results)
+        assert metric(s, "sluice_rate_limit_store_errors_total{reason=\"timeout\"}") >= 1
+    finally:
+        r.resume()
+    wait_store_answers(s)
+    status, h, _ = get(s.port, {"X-Client": "a"})
+    # Calls that timed out were still in the stopped server's socket buffer and
+    # ran when it resumed: they count (never more than were sent), so a stall
+    # errs towards refusing, never towards over-admitting.
+    assert status == 200 and 98 - 60 <= int(h["ratelimit-remaining"]) <= 98, h
+
+
+def test_auth_and_database(sluice, backend, redis_server):
+    b = backend("api")
+    r = redis_server(extra=["--requirepass", "s3cret"])
+    s = gateway(sluice, b, r, [limited(2, "hour")], password="s3cret", database=5)
+    assert [get(s.port)[0] for _ in range(3)] == [200, 200, 429]
+    key = "sluice:rl:routes[0].filters[0]:2/3600/2:ip:127.0.0.1"
+    assert r.command("EXISTS", key, db=5) == 1
+    assert r.command("EXISTS", key, db=0) == 0
+    # Less than one token (3600 s of microseconds) left, and a TTL.
+    assert 0 <= int(r.command("HGET", key, "t", db=5)) < 3600 * 10**6
+    assert 0 < r.command("PTTL", key, db=5) <= (3600 + 1) * 1000
+
+
+def test_wrong_password_is_a_store_error(sluice, backend, redis_server):
+    b = backend("api")
+    r = redis_server(extra=["--requirepass", "s3cret"])
+    s = gateway(sluice, b, r, [limited(2, "hour", on_store_error="deny")], password="wrong")
+    resp = s.request("GET", "/")
+    assert_gateway_error(resp, 503)
+    wait_until(lambda: "AUTH failed" in s.stderr(), timeout=10, what="the AUTH error logged")
+
+
+def test_noscript_recovery(sluice, backend, redis_server):
+    """SCRIPT FLUSH on the server mid-run: the next calls send the script again
+    (EVAL) and the count stays exact."""
+    b = backend("api")
+    r = redis_server()
+    s = gateway(sluice, b, r, [limited(6, "hour")], admin=True)
+    assert [get(s.port)[0] for _ in range(3)] == [200] * 3
+    assert r.command("SCRIPT", "FLUSH") == "OK"
+    assert [get(s.port)[0] for _ in range(5)] == [200, 200, 200, 429, 429]
+    assert metric(s, "sluice_rate_limit_store_errors_total") == 0
+
+
+def test_reload_keeps_the_shared_bucket(sluice, backend, redis_server):
+    """A reload makes new connections (the old ones are freed with their views);
+    the bucket lives in Redis, so an unchanged limit keeps counting."""
+    b = backend("api")
+    r = redis_server()
+    s = gateway(sluice, b, r, [limited(4, "hour")], admin=True)
+    assert [get(s.port)[0] for _ in range(2)] == [200, 200]
+    for _ in range(3):
+        s.reload()
+        wait_until(lambda: metric(s, "sluice_config_reloads_total{result=\"ok\"}") >= 1,
+                   timeout=10, what="the reload")
+    assert [get(s.port)[0] for _ in range(3)] == [200, 200, 429]
+    assert metric(s, "sluice_rate_limit_store_errors_total") == 0
