@@ -48,6 +48,7 @@ struct redis_op {
     const struct redis_script *script;
     int64_t start_us, deadline_us;
     bool in_hiredis;
+    bool unsent;  /* waiting in `pending` for the first connect's name lookup */
     bool retried; /* sent again as EVAL after NOSCRIPT */
     enum op_where where;
     struct redis_op *prev, *next; /* in the pending or the done list */
@@ -160,6 +161,10 @@ static const char *describe(const struct redis_client *c)
 /* The connection is gone (or never came): fail what is in flight, reconnect after a back-off. */
 static void connection_failed(struct redis_client *c, const char *why)
 {
+    if (c->lookup) {
+        c->lookup->client = NULL; /* its callback frees it */
+        c->lookup = NULL;
+    }
     while (c->pending.head)
         complete(c, c->pending.head, REDIS_CONNECTION_LOST);
     c->num_loaded = 0;
@@ -265,6 +270,31 @@ static void send_handshake(struct redis_client *c)
     redisAsyncCommandArgv(c->ac, on_handshake, "PING", 1, argv, NULL);
 }
 
+static bool script_loaded(const struct redis_client *c, const struct redis_script *s)
+{
+    for (size_t i = 0; i < c->num_loaded; i++)
+        if (c->loaded[i] == s)
+            return true;
+    return false;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* Writes `op` on the connection (after its script's SCRIPT LOAD, once per connection). */
+static bool send_op(struct redis_client *c, struct redis_op *op)
+{
+    if (!script_loaded(c, op->script) && c->num_loaded < MAX_SCRIPTS) {
+        const char *load[] = {"SCRIPT", "LOAD", op->script->source};
+        if (redisAsyncCommandArgv(c->ac, on_script_load, NULL, 3, load, NULL) == REDIS_OK)
+            c->loaded[c->num_loaded++] = op->script;
+    }
+    if (redisAsyncCommandArgv(c->ac, on_reply, op, op->argc, op->argv, op->argvlen) != REDIS_OK)
+        return false;
+    op->in_hiredis = true;
+    op->unsent = false;
+    return true;
+}
+
 /* Starts a connection to `ip` (or the unix socket when ip is NULL). */
 static void connect_to(struct redis_client *c, const char *ip)
 {
@@ -291,6 +321,12 @@ static void connect_to(struct redis_client *c, const char *ip)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
     send_handshake(c);
+    /* Calls made while the first connect's name was being resolved go out now, in order. */
+    for (struct redis_op *op = c->pending.head, *next; op; op = next) {
+        next = op->next;
+        if (op->unsent && !send_op(c, op))
+            complete(c, op, REDIS_CONNECTION_LOST);
+    }
 }
 
 static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
@@ -360,10 +396,6 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
     }
     if (c->state != C_CONNECTING)
         return;
-    if (c->lookup) {
-        c->lookup->client = NULL;
-        c->lookup = NULL;
-    }
     drop(c, "no answer to the handshake within timeout_ms");
 }
 
@@ -533,22 +565,13 @@ bool redis_client_ready(const struct redis_client *c)
     return c && c->state == C_READY;
 }
 
-static bool script_loaded(const struct redis_client *c, const struct redis_script *s)
-{
-    for (size_t i = 0; i < c->num_loaded; i++)
-        if (c->loaded[i] == s)
-            return true;
-    return false;
-}
-
 struct redis_op *redis_eval(struct redis_client *c, const struct redis_script *script,
                             size_t num_keys, size_t argc, const char *const *argv,
                             const size_t *argvlen, redis_done_fn fn, void *arg,
                             enum redis_status *status)
 {
     *status = REDIS_DOWN;
-    if (!c || !c->ac ||
-        !(c->state == C_READY || (c->state == C_CONNECTING && c->queue_while_connecting)))
+    if (!c || !(c->state == C_READY || (c->state == C_CONNECTING && c->queue_while_connecting)))
         return NULL;
     int total = (int)argc + 3;
     size_t bytes = sizeof(struct redis_op) + (size_t)total * (sizeof(char *) + sizeof(size_t));
@@ -583,16 +606,14 @@ struct redis_op *redis_eval(struct redis_client *c, const struct redis_script *s
     op->start_us = clock_mono_us();
     op->deadline_us = op->start_us + (int64_t)c->cfg->timeout_ms * 1000;
 
-    if (!script_loaded(c, script) && c->num_loaded < MAX_SCRIPTS) {
-        const char *load[] = {"SCRIPT", "LOAD", script->source};
-        if (redisAsyncCommandArgv(c->ac, on_script_load, NULL, 3, load, NULL) == REDIS_OK)
-            c->loaded[c->num_loaded++] = script;
+    if (c->ac) {
+        if (!send_op(c, op)) {
+            free(op);
+            return NULL;
+        }
+    } else {
+        op->unsent = true; /* the first connect is resolving the server's name */
     }
-    if (redisAsyncCommandArgv(c->ac, on_reply, op, op->argc, op->argv, op->argvlen) != REDIS_OK) {
-        free(op);
-        return NULL;
-    }
-    op->in_hiredis = true;
     op->where = OP_PENDING;
     list_append(&c->pending, op);
     if (!evtimer_pending(c->op_timer, NULL))

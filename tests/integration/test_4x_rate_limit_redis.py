@@ -273,3 +273,13 @@ def test_reload_keeps_the_shared_bucket(sluice, backend, redis_server):
                    timeout=10, what="the reload")
     assert [get(s.port)[0] for _ in range(3)] == [200, 200, 429]
     assert metric(s, "sluice_rate_limit_store_errors_total") == 0
+
+
+def test_server_by_name(sluice, backend, redis_server):
+    """A host name is resolved with the worker's resolver (never a blocking lookup);
+    the calls made meanwhile wait for the first connect rather than fail."""
+    b = backend("api")
+    r = redis_server()
+    s = gateway(sluice, b, r, [limited(2, "hour", on_store_error="deny")],
+                address=f"localhost:{r.port}")
+    assert [get(s.port)[0] for _ in range(3)] == [200, 200, 429]
