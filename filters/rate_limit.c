@@ -18,9 +18,14 @@
  * (rl_take), which is the only shared mutable state. The table is created
  * with the instance and freed with it, so a reload starts fresh buckets.
  *
- * `store: "redis"` is refused as not available in this version (the Redis
- * store comes with a later version); `on_store_error` is validated and kept
- * for it, and means nothing for the local store, which cannot fail.
+ * `store: "redis"` keeps the buckets in Redis instead (docs/filters.md,
+ * "The Redis store"): the request phase starts one script call on the
+ * worker view's connection (upstream/redis.h) and pauses the exchange; the
+ * call's callback decides as rl_take would (the same units and header
+ * arithmetic, rl_fill_result) and resumes it. When Redis cannot decide,
+ * `on_store_error` passes the request or answers 503; the local store never
+ * fails, so it ignores that option. The filter asks the loader for the
+ * top-level `redis` through needs_redis.
  */
 #include "filters/rate_limit.h"
 
