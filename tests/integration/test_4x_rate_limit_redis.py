@@ -283,3 +283,15 @@ def test_server_by_name(sluice, backend, redis_server):
     s = gateway(sluice, b, r, [limited(2, "hour", on_store_error="deny")],
                 address=f"localhost:{r.port}")
     assert [get(s.port)[0] for _ in range(3)] == [200, 200, 429]
+
+
+def test_unix_socket(sluice, backend, redis_server, tmp_path):
+    b = backend("api")
+    sock = tmp_path / "redis.sock"
+    redis_server(extra=["--unixsocket", str(sock), "--unixsocketperm", "700"])
+    wait_until(sock.exists, timeout=10, what="the redis socket")
+    cfg = {"upstreams": {"api": upstream(b.address)},
+           "routes": [{"upstream": "api", "filters": [limited(2, "hour", on_store_error="deny")]}],
+           "redis": {"address": f"unix:{sock}"}}
+    s = sluice(cfg)
+    assert [get(s.port)[0] for _ in range(3)] == [200, 200, 429]
