@@ -157,6 +157,7 @@ def test_at_100_per_minute_three_instances(sluice, backend, redis_server):
     passed = statuses.count(200)
     assert 100 <= passed <= 100 + int(elapsed / 0.6) + 1, (passed, elapsed)
     assert passed + statuses.count(429) == 600
+    print(f"100 per minute: {passed} allowed in {elapsed:.1f} s, 3 instances, 300 clients")
 
 
 def burst_of(port, n, clients=10, key=None):
@@ -192,6 +193,7 @@ def test_redis_stopped_then_restarted(sluice, backend, redis_server, mode):
     if mode == "deny":
         assert all(h.get("content-type", "").startswith("application/json") for _, h, _ in results)
     assert p99(results) < timeout_ms / 1000 + 2.0, p99(results)
+    print(f"redis stopped, {mode}: p99 {p99(results) * 1000:.1f} ms (timeout_ms {timeout_ms})")
     assert metric(s, "sluice_rate_limit_store_errors_total") >= 100
 
     r2 = redis_server(port=r.port)
@@ -215,6 +217,7 @@ def test_redis_stalled_answers_within_timeout(sluice, backend, redis_server):
         results = burst_of(s.port, 60, key="a")
         assert [st for st, _, _ in results] == [503] * 60
         assert p99(results) < timeout_ms / 1000 + 2.0, p99(results)
+        print(f"redis stalled: p99 {p99(results) * 1000:.1f} ms (timeout_ms {timeout_ms})")
         assert metric(s, "sluice_rate_limit_store_errors_total{reason=\"timeout\"}") >= 1
     finally:
         r.resume()
