@@ -630,11 +630,11 @@ static void refuse(struct exchange *x, const struct rate_limit_state *st)
 static const char *store_error_reason(enum redis_status status)
 {
     switch (status) {
-    case REDIS_TIMEOUT:
+    case REDIS_CALL_TIMEOUT:
         return "timeout";
-    case REDIS_SERVER_ERROR:
+    case REDIS_CALL_ERROR:
         return "error";
-    case REDIS_CONNECTION_LOST:
+    case REDIS_CALL_LOST:
         return "connection_lost";
     default:
         return "unavailable";
@@ -671,8 +671,8 @@ static void redis_done(void *arg, const struct redis_result *r)
     const struct rate_limit_filter *f = st->filter;
     struct exchange *x = st->x;
     st->op = NULL;
-    if (r->status != REDIS_REPLY_OK || r->num_ints != 2) {
-        enum redis_status status = r->status == REDIS_REPLY_OK ? REDIS_SERVER_ERROR : r->status;
+    if (r->status != REDIS_CALL_OK || r->num_ints != 2) {
+        enum redis_status status = r->status == REDIS_CALL_OK ? REDIS_CALL_ERROR : r->status;
         exchange_resume(x, store_failed(f, x, status));
         return;
     }
@@ -712,7 +712,7 @@ static enum filter_verdict redis_take(const struct rate_limit_filter *f, struct 
     size_t lens[5] = {name.len, f->argvlen[0], f->argvlen[1], f->argvlen[2], f->argvlen[3]};
     st->x = x;
     st->filter = f;
-    enum redis_status status = REDIS_DOWN;
+    enum redis_status status = REDIS_CALL_DOWN;
     st->op = redis_eval(x->view ? x->view->redis : NULL, &bucket_script, 1, 5, argv, lens,
                         redis_done, st, &status);
     if (!st->op)

@@ -166,7 +166,7 @@ static void connection_failed(struct redis_client *c, const char *why)
         c->lookup = NULL;
     }
     while (c->pending.head)
-        complete(c, c->pending.head, REDIS_CONNECTION_LOST);
+        complete(c, c->pending.head, REDIS_CALL_LOST);
     c->num_loaded = 0;
     c->state = C_DOWN;
     c->queue_while_connecting = false;
@@ -325,7 +325,7 @@ static void connect_to(struct redis_client *c, const char *ip)
     for (struct redis_op *op = c->pending.head, *next; op; op = next) {
         next = op->next;
         if (op->unsent && !send_op(c, op))
-            complete(c, op, REDIS_CONNECTION_LOST);
+            complete(c, op, REDIS_CALL_LOST);
     }
 }
 
@@ -412,7 +412,7 @@ static void on_op_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     while (c->pending.head && c->pending.head->deadline_us <= now)
-        complete(c, c->pending.head, REDIS_TIMEOUT);
+        complete(c, c->pending.head, REDIS_CALL_TIMEOUT);
     /* A server that does not answer in time is treated as away until a reconnect succeeds. */
     drop(c, "no reply within timeout_ms");
 }
@@ -452,7 +452,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     }
     struct redis_client *c = op->client;
     if (!reply) {
-        complete(c, op, REDIS_CONNECTION_LOST);
+        complete(c, op, REDIS_CALL_LOST);
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR && !op->retried && reply->len >= 8 &&
@@ -470,10 +470,10 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
             op->in_hiredis = true;
             return;
         }
-        complete(c, op, REDIS_SERVER_ERROR);
+        complete(c, op, REDIS_CALL_ERROR);
         return;
     }
-    enum redis_status status = REDIS_REPLY_OK;
+    enum redis_status status = REDIS_CALL_OK;
     op->result.num_ints = 0;
     if (reply->type == REDIS_REPLY_INTEGER) {
         op->result.ints[0] = reply->integer;
@@ -481,7 +481,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements <= REDIS_MAX_INTS) {
         for (size_t i = 0; i < reply->elements; i++) {
             if (reply->element[i]->type != REDIS_REPLY_INTEGER) {
-                status = REDIS_SERVER_ERROR;
+                status = REDIS_CALL_ERROR;
                 break;
             }
             op->result.ints[i] = reply->element[i]->integer;
@@ -490,7 +490,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
     } else {
         if (reply->type == REDIS_REPLY_ERROR)
             log_debug("redis %s: %.*s", describe(c), (int)reply->len, reply->str);
-        status = REDIS_SERVER_ERROR;
+        status = REDIS_CALL_ERROR;
     }
     complete(c, op, status);
 }
@@ -570,7 +570,7 @@ struct redis_op *redis_eval(struct redis_client *c, const struct redis_script *s
                             const size_t *argvlen, redis_done_fn fn, void *arg,
                             enum redis_status *status)
 {
-    *status = REDIS_DOWN;
+    *status = REDIS_CALL_DOWN;
     if (!c || !(c->state == C_READY || (c->state == C_CONNECTING && c->queue_while_connecting)))
         return NULL;
     int total = (int)argc + 3;

@@ -53,11 +53,11 @@ struct redis_script {
 void redis_script_init(struct redis_script *s);
 
 enum redis_status {
-    REDIS_REPLY_OK = 0,   /* ints[] hold the reply (an integer, or an array of integers) */
-    REDIS_DOWN,           /* no usable connection: answered at once */
-    REDIS_TIMEOUT,        /* no reply within timeout_ms */
-    REDIS_SERVER_ERROR,   /* an error reply, or a reply of an unexpected shape */
-    REDIS_CONNECTION_LOST /* the connection closed while the command was in flight */
+    REDIS_CALL_OK = 0,  /* ints[] hold the reply (an integer, or an array of integers) */
+    REDIS_CALL_DOWN,    /* no usable connection: answered at once */
+    REDIS_CALL_TIMEOUT, /* no reply within timeout_ms */
+    REDIS_CALL_ERROR,   /* an error reply, or a reply of an unexpected shape */
+    REDIS_CALL_LOST     /* the connection closed while the command was in flight */
 };
 
 #define REDIS_MAX_INTS 4
@@ -90,7 +90,7 @@ bool redis_client_ready(const struct redis_client *c);
 /*
  * Runs `script` with the given keys and arguments (binary-safe, copied).
  * Returns the operation, whose callback `fn(arg, result)` runs later from
- * the loop; or NULL with *status set when it cannot be sent now (REDIS_DOWN),
+ * the loop; or NULL with *status set when it cannot be sent now (REDIS_CALL_DOWN),
  * and then `fn` is never called.
  */
 struct redis_op *redis_eval(struct redis_client *c, const struct redis_script *script,
