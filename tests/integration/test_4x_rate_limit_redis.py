@@ -8,15 +8,14 @@ loaded machine could see one come back during the run. The per-minute
 numbers are checked with that allowance, as test_41 does for the local store.
 """
 import http.client
-import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from backends.redis import RedisServer
-from conftest import assert_gateway_error, free_port, request, upstream, wait_until
+from conftest import (assert_gateway_error, free_port, keepalive_clients, request, upstream,
+                      wait_until)
 
 @pytest.fixture
 def redis_server(tmp_path):
@@ -108,33 +107,13 @@ def test_burst_then_429_with_headers(sluice, backend, redis_server):
     assert metric(s, "sluice_rate_limit_store_duration_seconds_count") >= 4
 
 
-def run_clients(ports, clients, per_client):
-    """`clients` concurrent clients spread over `ports`, each sending `per_client`
-    requests on its own keep-alive connection; returns every status."""
-    def client(i):
-        out = []
-        conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
-        try:
-            for _ in range(per_client):
-                conn.request("GET", "/")
-                resp = conn.getresponse()
-                resp.read()
-                out.append(resp.status)
-        finally:
-            conn.close()
-        return out
-
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        return [st for rs in pool.map(client, range(clients), timeout=180) for st in rs]
-
-
 def test_exact_across_three_instances(sluice, backend, redis_server):
     """Issue 11: three instances with two workers each share one Redis; 300
     concurrent clients spread over them; limit 100: exactly 100 pass."""
     b = backend("api")
     r = redis_server()
     gws = [gateway(sluice, b, r, [limited(100, "hour", 100)], admin=True) for _ in range(3)]
-    statuses = run_clients([g.port for g in gws], 300, 3)
+    statuses = keepalive_clients([g.port for g in gws], 300, 3)
     assert len(statuses) == 900
     counts = {c: statuses.count(c) for c in set(statuses)}
     assert statuses.count(200) == 100, counts
@@ -152,7 +131,7 @@ def test_at_100_per_minute_three_instances(sluice, backend, redis_server):
     r = redis_server()
     gws = [gateway(sluice, b, r, [limited(100, "minute")]) for _ in range(3)]
     start = time.monotonic()
-    statuses = run_clients([g.port for g in gws], 300, 2)
+    statuses = keepalive_clients([g.port for g in gws], 300, 2)
     elapsed = time.monotonic() - start
     passed = statuses.count(200)
     assert 100 <= passed <= 100 + int(elapsed / 0.6) + 1, (passed, elapsed)
