@@ -66,6 +66,12 @@ WORKLOADS = [
     # nginx: its default combined format, unbuffered), next to "small" (log off).
     dict(id="small-log", label="small GET (2 B) + access log to a file, -c50", proto="h1",
          method="GET", path="/small", conns=50, body=2, log=True),
+    # rate_limit's stores (issue 11): the same filter with store local and
+    # store redis (a redis-server the harness starts on the load CPU), sluice only.
+    dict(id="rl_local", label="small GET + rate_limit store local, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="rl_local"),
+    dict(id="rl_redis", label="small GET + rate_limit store redis, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="rl_redis"),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
@@ -85,7 +91,15 @@ CHAINS = {
     "jwt": dict(filters=["jwt", "rate_limit", "headers"],
                 no={"nginx": "Debian's nginx has no JWT verifier"}),
     "basic": dict(filters=["basic_auth", "rate_limit"], no={}),
+    # No credentials (auth=False): nothing to enforce, the limit is never reached.
+    "rl_local": dict(filters=["rate_limit"], auth=False,
+                     no={"nginx": "compares sluice's two stores", "haproxy": "compares sluice's two stores"}),
+    "rl_redis": dict(filters=["rate_limit"], auth=False,
+                     no={"nginx": "compares sluice's two stores", "haproxy": "compares sluice's two stores"}),
 }
+for _wl in ("rl_local", "rl_redis"):
+    INSTR_COUNTS[_wl] = (2000, 200)
+    SYSCALL_COUNTS[_wl] = 20000
 # The basic-auth chain is not counted with a fixed request count: nginx and
 # HAProxy run bcrypt (about 50 ms) on every request, 50 times slower under
 # valgrind, so those cells would take most of the run's time budget.
@@ -533,6 +547,8 @@ def sluice_filters(chain, cr):
                 {"type": "headers", "request": {"set": {"x-bench": "1"}}}]
     if chain == "basic":
         return [{"type": "basic_auth", "realm": "bench", "users": {cr["user"]: cr["hash"]}}, rate]
+    if chain in ("rl_local", "rl_redis"):
+        return [dict(rate, store=chain[3:])]
     raise BenchError(f"sluice has no configuration for the {chain} chain")
 
 
@@ -544,14 +560,15 @@ def sluice_conf(port, backend, h2, chain=None, cr=None, log_path=None):
     route = {"match": {"prefix": "/"}, "upstream": "b"}
     if chain is not None:
         route["filters"] = sluice_filters(chain, cr)
-    return json.dumps({
+    extra = {"redis": {"address": cr["redis"]}} if cr and "redis" in cr else {}
+    return json.dumps(dict(extra, **{
         "workers": 1,
         "listen": [lst],
         "access_log": {"path": log_path, "format": "json"} if log_path else {"path": "off"},
         "upstreams": {"b": {"targets": [f"127.0.0.1:{backend}"], "keepalive": 64}},
         "routes": [route],
         "limits": {"idle_timeout_ms": 120000, "drain_timeout_ms": 2000},
-    }, indent=1)
+    }), indent=1)
 
 
 # --------------------------------------------------------------------------
@@ -611,12 +628,30 @@ class Bench:
             chain = wl.get("chain")
             if chain is None or chain in self.creds or chain in self.cred_err:
                 continue
+            if chain == "rl_redis":
+                self.creds[chain] = self.start_redis()
+                continue
+            if not CHAINS[chain].get("auth", True):
+                self.creds[chain] = {}
+                continue
             try:
                 self.creds[chain] = (make_jwt_credentials if chain == "jwt" else make_basic_credentials)(d)
                 log(f"{chain} chain: credentials ready")
             except (BenchError, OSError, subprocess.SubprocessError) as e:
                 self.cred_err[chain] = f"no credentials: {e}"
                 log(f"{chain} chain: {self.cred_err[chain]}")
+
+    def start_redis(self):
+        """A redis-server without persistence on the load CPU, stopped by PID at exit."""
+        d = os.path.join(self.tmp, "redis")
+        os.makedirs(d, exist_ok=True)
+        port = free_port()
+        p = Proc("redis-server", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", d],
+                 os.path.join(self.out, "logs", "redis.log"), self.lcpu)
+        wait_port(port, p)
+        log(f"redis-server pid {p.pid} on 127.0.0.1:{port}, CPU {self.lcpu}")
+        return {"redis": f"127.0.0.1:{port}"}
 
     def sluice_chain(self, chain):
         """None if this sluice binary accepts the chain's configuration (sluice -t),
@@ -661,12 +696,14 @@ class Bench:
 
     def auth_headers(self, wl, which="auth"):
         chain = wl.get("chain")
-        return {"Authorization": self.creds[chain][which]} if chain else {}
+        return {"Authorization": self.creds[chain][which]} if chain and CHAINS[chain].get("auth", True) else {}
 
     def enforce_probe(self, port, wl, target):
         """Before measuring: no credentials and bad credentials must get 401,
         the bench's credentials 200. A target that lets a request through
         without valid credentials is a setup error, not a result."""
+        if not CHAINS[wl["chain"]].get("auth", True):
+            return
         cr = self.creds[wl["chain"]]
         got = []
         for label, hdrs in (("no credentials", {}), (cr["bad_label"], self.auth_headers(wl, "bad"))):

@@ -57,6 +57,8 @@ enum series_kind {
     SERIES_RATE_LIMITED,  /* rate_limited_total{route}: cells[0] */
     SERIES_TLS_FAILURE,   /* tls_handshake_failures_total{listener}: cells[0] */
     SERIES_POOL,          /* upstream_pool_*{upstream,target}: cells[0] idle, cells[1] open */
+    SERIES_STORE_ERROR,   /* rate_limit_store_errors_total{reason}: cells[0] */
+    SERIES_STORE_CALL,    /* rate_limit_store_duration_seconds: buckets, sum (like REQUEST) */
 };
 
 /* Per-table gauges and counters without labels: signed values in unsigned cells. */
@@ -725,6 +727,8 @@ static void render_process(struct evbuffer *out)
     }
 }
 
+static void render_rate_limit_store(struct evbuffer *out, const struct totals *sum);
+
 void metrics_render(struct evbuffer *out)
 {
     struct totals sum = {0};
@@ -750,6 +754,7 @@ void metrics_render(struct evbuffer *out)
     render_counter(out, &sum, SERIES_TLS_FAILURE, "sluice_tls_handshake_failures_total",
                    "Client TLS handshakes that failed or timed out, by listener address.",
                    "listener", NULL, false);
+    render_rate_limit_store(out, &sum);
     free(sum.items);
     render_gauges(out, fixed);
     family(out, "sluice_access_log_dropped_total", "counter",
@@ -829,4 +834,76 @@ void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *
     gauges->tunnels = fixed[FIXED_TUNNELS];
     gauges->reloads_ok = fixed[FIXED_RELOADS_OK];
     gauges->reloads_error = fixed[FIXED_RELOADS_ERROR];
+}
+
+/* ---- rate_limit's Redis store: errors by reason, call latency (per-worker series) ---- */
+
+static const char *const store_reasons[] = {"unavailable", "timeout", "error", "connection_lost"};
+#define STORE_REASONS (sizeof store_reasons / sizeof store_reasons[0])
+static const char store_calls[] = "redis";
+
+void metrics_rate_limit_store_error(const char *reason)
+{
+    for (size_t i = 0; i < STORE_REASONS; i++)
+        if (strcmp(reason, store_reasons[i]) == 0) {
+            count(SERIES_STORE_ERROR, store_reasons[i], NULL, 0);
+            return;
+        }
+}
+
+void metrics_rate_limit_store_latency(int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    double secs = (double)us / 1e6;
+    int b = 0;
+    while (b < DURATION_BUCKETS && secs > duration_bounds[b])
+        b++;
+    struct metrics_table *t = write_begin();
+    if (!t)
+        return;
+    struct series *s = lookup(t, SERIES_STORE_CALL, store_calls, NULL, 0);
+    if (s) {
+        cell_add(&s->cells[b], 1);
+        cell_add(&s->cells[CELL_SUM_US], (uint64_t)us);
+    }
+    write_end(t);
+}
+
+static void render_rate_limit_store(struct evbuffer *out, const struct totals *sum)
+{
+    uint64_t errors[STORE_REASONS] = {0};
+    uint64_t calls[CELLS] = {0};
+    for (size_t i = 0; i < sum->cap; i++) {
+        const struct total *s = &sum->items[i];
+        if (s->kind == SERIES_STORE_ERROR) {
+            for (size_t r = 0; r < STORE_REASONS; r++)
+                if (strcmp(s->name_a, store_reasons[r]) == 0)
+                    errors[r] += s->cells[0];
+        } else if (s->kind == SERIES_STORE_CALL) {
+            for (int c = 0; c < CELLS; c++)
+                calls[c] += s->cells[c];
+        }
+    }
+    family(out, "sluice_rate_limit_store_errors_total", "counter",
+           "Rate-limit decisions the Redis store could not make, by reason.");
+    for (size_t r = 0; r < STORE_REASONS; r++)
+        evbuffer_add_printf(out, "sluice_rate_limit_store_errors_total{reason=\"%s\"} %llu\n",
+                            store_reasons[r], (unsigned long long)errors[r]);
+    family(out, "sluice_rate_limit_store_duration_seconds", "histogram",
+           "Time from sending a rate-limit script call to Redis to its reply.");
+    uint64_t cumulative = 0;
+    for (int b = 0; b < DURATION_BUCKETS; b++) {
+        cumulative += calls[b];
+        evbuffer_add_printf(out,
+                            "sluice_rate_limit_store_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                            duration_bounds[b], (unsigned long long)cumulative);
+    }
+    cumulative += calls[DURATION_BUCKETS];
+    evbuffer_add_printf(out,
+                        "sluice_rate_limit_store_duration_seconds_bucket{le=\"+Inf\"} %llu\n"
+                        "sluice_rate_limit_store_duration_seconds_sum %.6f\n"
+                        "sluice_rate_limit_store_duration_seconds_count %llu\n",
+                        (unsigned long long)cumulative, (double)calls[CELL_SUM_US] / 1e6,
+                        (unsigned long long)cumulative);
 }

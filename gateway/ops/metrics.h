@@ -40,6 +40,14 @@ void metrics_rate_limited(const char *route);
 /* Counts a TLS handshake that failed or timed out on `listener` (its configured address). */
 void metrics_tls_handshake_failed(const char *listener);
 
+/*
+ * rate_limit's Redis store: a decision it could not make, by `reason`
+ * ("unavailable", "timeout", "error", "connection_lost"): store_errors_total{reason};
+ * and the latency of a script call answered: store_duration_seconds.
+ */
+void metrics_rate_limit_store_error(const char *reason);
+void metrics_rate_limit_store_latency(int64_t us);
+
 /* Gauges: connections_active{protocol} ("http1", "h2", "websocket"), websocket_tunnels_active. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);

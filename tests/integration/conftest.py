@@ -378,6 +378,29 @@ def request(port, method="GET", path="/", headers=None, body=None, timeout=10.0,
         conn.close()
 
 
+def keepalive_clients(ports, clients, per_client, path="/", timeout=180.0):
+    """`clients` concurrent clients spread over `ports` (round robin), each
+    sending `per_client` GETs on its own keep-alive connection; returns every
+    status, in no particular order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(i):
+        out = []
+        conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
+        try:
+            for _ in range(per_client):
+                conn.request("GET", path)
+                r = conn.getresponse()
+                r.read()
+                out.append(r.status)
+        finally:
+            conn.close()
+        return out
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return [st for rs in pool.map(client, range(clients), timeout=timeout) for st in rs]
+
+
 def conn_request(conn, method="GET", path="/", headers=None, body=None):
     """One request on an existing http.client connection (keep-alive)."""
     conn.request(method, path, body=body, headers=headers or {})
