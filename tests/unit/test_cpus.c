@@ -32,6 +32,16 @@ static void put(const char *rel, const char *text)
     }
 }
 
+/* Writes a v1 quota pair into root/dir: cpu.cfs_quota_us and cpu.cfs_period_us. */
+static void put_cfs(const char *dir, const char *quota, const char *period)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s/cpu.cfs_quota_us", dir);
+    put(rel, quota);
+    snprintf(rel, sizeof rel, "%s/cpu.cfs_period_us", dir);
+    put(rel, period);
+}
+
 static void clear(void)
 {
     char cmd[128];
@@ -89,8 +99,7 @@ int main(void)
 
     /* v1 with the cpu controller mounted as cpu,cpuacct (Docker on cgroup v1). */
     clear();
-    put("cpu,cpuacct/cpu.cfs_quota_us", "200000\n");
-    put("cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+    put_cfs("cpu,cpuacct", "200000\n", "100000\n");
     put("memory/memory.limit_in_bytes", "1073741824\n");
     is_int(cpus_cgroup_limit("12:memory:/docker/abc\n"
                              "4:cpu,cpuacct:/docker/abc\n"
@@ -100,18 +109,14 @@ int main(void)
 
     /* v1 mounted as plain cpu, nested, with the unlimited level in between. */
     clear();
-    put("cpu/cpu.cfs_quota_us", "-1\n");
-    put("cpu/cpu.cfs_period_us", "100000\n");
-    put("cpu/kube/cpu.cfs_quota_us", "350000\n");
-    put("cpu/kube/cpu.cfs_period_us", "100000\n");
-    put("cpu/kube/pod/cpu.cfs_quota_us", "-1\n");
-    put("cpu/kube/pod/cpu.cfs_period_us", "100000\n");
+    put_cfs("cpu", "-1\n", "100000\n");
+    put_cfs("cpu/kube", "350000\n", "100000\n");
+    put_cfs("cpu/kube/pod", "-1\n", "100000\n");
     is_int(cpus_cgroup_limit("3:cpu:/kube/pod\n", root), 4);
 
     /* cpuacct alone is not the cpu controller. */
     clear();
-    put("cpuacct/cpu.cfs_quota_us", "100000\n");
-    put("cpuacct/cpu.cfs_period_us", "100000\n");
+    put_cfs("cpuacct", "100000\n", "100000\n");
     is_int(cpus_cgroup_limit("3:cpuacct:/\n", root), 0);
 
     /* v2 beside v1 (hybrid: cgroup2 at root/unified). */
