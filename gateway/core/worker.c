@@ -19,6 +19,7 @@
 #include "core/filter.h"
 #include "net/splice.h"
 #include "base/log.h"
+#include "upstream/redis.h"
 #include "upstream/upstream.h"
 #include "ops/metrics.h"
 
@@ -54,6 +55,8 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
     }
     for (size_t i = 0; i < s->num_upstreams; i++)
         ws->upstreams[i] = upstream_rt_new(&s->upstreams[i], w->base, w->dns, w->run_health_checks);
+    if (s->redis.enabled && s->redis.used)
+        ws->redis = redis_client_new(&s->redis, w->base, w->dns);
     ws->filter_contexts = filter_contexts_new(s, w);
     return ws;
 }
@@ -61,6 +64,7 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
 static void view_free(struct worker_snapshot *ws)
 {
     filter_contexts_free(ws->filter_contexts, ws->snapshot);
+    redis_client_free(ws->redis);
     for (size_t i = 0; i < ws->snapshot->num_upstreams; i++)
         upstream_rt_free(ws->upstreams[i]);
     free(ws->upstreams);

@@ -345,6 +345,8 @@ static void series_add(struct series *d, const struct series *s)
         d->buckets[b] += s->buckets[b];
 }
 
+static void render_rate_limit_store(struct evbuffer *out);
+
 void metrics_render(struct evbuffer *out)
 {
     struct metrics_table sum = {0};
@@ -444,6 +446,7 @@ void metrics_render(struct evbuffer *out)
                         "sluice_config_reloads_total{result=\"ok\"} %ld\n"
                         "sluice_config_reloads_total{result=\"error\"} %ld\n",
                         atomic_load(&reloads_ok), atomic_load(&reloads_error));
+    render_rate_limit_store(out);
 }
 
 void metrics_free(void)
@@ -465,4 +468,68 @@ void metrics_free(void)
         free(i);
     }
     pthread_mutex_unlock(&intern_lock);
+}
+
+/*
+ * ---- rate_limit's Redis store: errors by reason, call latency ----
+ * Process-wide atomics, so this block needs nothing of the tables above.
+ */
+
+static const char *const store_reasons[] = {"unavailable", "timeout", "error", "connection_lost"};
+#define STORE_REASONS (sizeof store_reasons / sizeof store_reasons[0])
+static atomic_ulong store_errors[STORE_REASONS];
+
+static const double store_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                      0.05,   0.1,   0.25,   0.5,   1.0};
+#define STORE_BUCKETS (sizeof store_bounds / sizeof store_bounds[0])
+static atomic_ulong store_buckets[STORE_BUCKETS]; /* not cumulative; summed when rendered */
+static atomic_ulong store_count;
+static atomic_ulong store_sum_us;
+
+void metrics_rate_limit_store_error(const char *reason)
+{
+    for (size_t i = 0; i < STORE_REASONS; i++)
+        if (strcmp(reason, store_reasons[i]) == 0) {
+            atomic_fetch_add_explicit(&store_errors[i], 1, memory_order_relaxed);
+            return;
+        }
+}
+
+void metrics_rate_limit_store_latency(int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    double seconds = (double)us / 1e6;
+    for (size_t b = 0; b < STORE_BUCKETS; b++)
+        if (seconds <= store_bounds[b]) {
+            atomic_fetch_add_explicit(&store_buckets[b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&store_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&store_sum_us, (unsigned long)us, memory_order_relaxed);
+}
+
+static void render_rate_limit_store(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP sluice_rate_limit_store_errors_total Rate-limit decisions "
+                             "the Redis store could not make, by reason.\n"
+                             "# TYPE sluice_rate_limit_store_errors_total counter\n");
+    for (size_t i = 0; i < STORE_REASONS; i++)
+        evbuffer_add_printf(out, "sluice_rate_limit_store_errors_total{reason=\"%s\"} %lu\n",
+                            store_reasons[i], atomic_load(&store_errors[i]));
+    evbuffer_add_printf(out, "# HELP sluice_rate_limit_store_duration_seconds Time from sending "
+                             "a rate-limit script call to Redis to its reply.\n"
+                             "# TYPE sluice_rate_limit_store_duration_seconds histogram\n");
+    unsigned long cumulative = 0;
+    for (size_t b = 0; b < STORE_BUCKETS; b++) {
+        cumulative += atomic_load(&store_buckets[b]);
+        evbuffer_add_printf(out, "sluice_rate_limit_store_duration_seconds_bucket{le=\"%g\"} %lu\n",
+                            store_bounds[b], cumulative);
+    }
+    unsigned long count = atomic_load(&store_count);
+    evbuffer_add_printf(out,
+                        "sluice_rate_limit_store_duration_seconds_bucket{le=\"+Inf\"} %lu\n"
+                        "sluice_rate_limit_store_duration_seconds_sum %.6f\n"
+                        "sluice_rate_limit_store_duration_seconds_count %lu\n",
+                        count, (double)atomic_load(&store_sum_us) / 1e6, count);
 }

@@ -30,6 +30,14 @@ void metrics_connect_error(const char *upstream, const char *target);
 /* Counts a request a rate_limit filter refused: rate_limited_total{route}; NULL: no route. */
 void metrics_rate_limited(const char *route);
 
+/*
+ * rate_limit's Redis store: a decision it could not make, by `reason`
+ * ("unavailable", "timeout", "error", "connection_lost"): store_errors_total{reason};
+ * and the latency of a script call answered: store_duration_seconds.
+ */
+void metrics_rate_limit_store_error(const char *reason);
+void metrics_rate_limit_store_latency(int64_t us);
+
 /* Gauges: connections_active{protocol} ("http1", "h2", "websocket"), websocket_tunnels_active. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);

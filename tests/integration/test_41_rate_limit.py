@@ -253,8 +253,8 @@ def test_config_errors(sluice_bin, tmp_path):
                        capture_output=True, timeout=20)
     err = p.stderr.decode()
     assert p.returncode == 1, err
-    assert ("sluice.json: routes[0].filters[0].store: the \"redis\" store is not available "
-            "in this version") in err, err
+    assert ("sluice.json: routes[0].filters[0].store: needs a Redis server: add a top-level "
+            "\"redis\"") in err, err
     assert "routes[0].filters[1].rate: is required" in err, err
     assert "routes[0].filters[1].per: must be \"second\", \"minute\" or \"hour\"" in err, err
     assert "routes[0].filters[1].key: unknown key \"user\"" in err, err
