@@ -135,6 +135,27 @@ def test_image_runs_as_non_root_with_probe_healthcheck(images):
     assert uid != "0", uid
 
 
+def started_workers(image, *run_args):
+    """Starts the image detached, reads its start-up line, removes it."""
+    cid = docker("run", "-d", *run_args, image, timeout=60).stdout.strip()
+    try:
+        line = wait_until(
+            lambda: re.search(r"started: (\d+) workers?",
+                              docker("logs", cid, timeout=30).stderr),
+            timeout=30, interval=0.2, what="the start-up line")
+        return int(line.group(1))
+    finally:
+        docker("rm", "-f", cid, timeout=60, check=False)
+
+
+def test_workers_0_follows_the_container_cpu_limit(images):
+    """config/docker.json has workers: 0; `--cpus 1` is a cgroup CPU quota
+    of one CPU, whatever the host has."""
+    assert started_workers(images, "--cpus", "1") == 1
+    assert started_workers(images, "--cpus", "0.5") == 1
+    assert started_workers(images) == len(os.sched_getaffinity(0))
+
+
 def test_runtime_has_exactly_the_libraries_ldd_needs(images):
     """Every library the binary loads comes from an installed package, and
     every package the runtime stage added (but ca-certificates, the CA store,

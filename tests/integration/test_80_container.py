@@ -2,8 +2,8 @@
 health check of the image, and `workers: 0` counting only the CPUs the
 process may use (affinity here; the cgroup quota is unit-tested in
 test_cpus.c)."""
+import os
 import re
-import shutil
 import time
 
 import pytest
@@ -121,14 +121,11 @@ def started_workers(s):
     return int(line.group(1))
 
 
-@pytest.mark.skipif(not shutil.which("taskset"), reason="taskset (util-linux) not installed")
 def test_workers_0_follows_the_cpu_affinity(sluice):
-    import os
-
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs at least 2 usable CPUs to show a difference")
     cfg = {"workers": 0, "routes": [{"name": "r", "respond": {"status": 200}}]}
-    # Pinned to one CPU (what `docker run --cpuset-cpus 0` does): one worker.
+    # Pinned to one CPU (what `taskset -c 0` and `docker run --cpuset-cpus 0` do): one worker.
     pinned = sluice(cfg, preexec=lambda: os.sched_setaffinity(0, {0}))
     assert started_workers(pinned) == 1, pinned.stderr()
     assert pinned.request().status == 200
