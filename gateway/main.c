@@ -25,6 +25,7 @@
 #include "ops/accesslog.h"
 #include "ops/admin.h"
 #include "base/clock.h"
+#include "base/cpus.h"
 #include "conf/config.h"
 #include "base/log.h"
 #include "ops/metrics.h"
@@ -34,6 +35,7 @@
 #include "core/worker.h"
 #include "server/codecs.h"
 #include "net/tls.h"
+#include "net/probe.h"
 
 enum {
     EXIT_OK = 0,
@@ -41,6 +43,9 @@ enum {
     EXIT_USAGE = 2,
     EXIT_STARTUP = 3,
 };
+
+/* SPEC 7 "long options": the whole of `--probe URL`, name resolution included. */
+enum { PROBE_TIMEOUT_MS = 2000 };
 
 struct gateway {
     struct event_base *base;
@@ -57,12 +62,14 @@ struct gateway {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h]\n"
+    fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h] | --probe URL\n"
                  "  -c, --config FILE  configuration file (default: $SLUICE_CONFIG, else "
                  "./sluice.json)\n"
                  "  -t, --test         check the configuration and exit\n"
                  "  -V, --version      print the version and library versions\n"
-                 "  -h, --help         this help\n");
+                 "  -h, --help         this help\n"
+                 "  --probe URL        GET URL (plain HTTP, 2 s limit, no configuration): exit 0\n"
+                 "                     on a 2xx response, else 1 (container health checks)\n");
 }
 
 static void print_version(void)
@@ -85,6 +92,34 @@ static void print_errors(struct config_error *err, bool to_log)
         else
             fprintf(stderr, "%s\n", err->messages[i]);
     }
+}
+
+/* A probe whose name lookup outlasts the limit (getaddrinfo cannot be bounded) still ends. */
+static void on_probe_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "sluice: probe: timed out\n";
+    ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)n;
+    _exit(EXIT_CONFIG);
+}
+
+/* `--probe URL`: 0 on a 2xx response, else 1, with one line saying what happened. */
+static int run_probe(const char *url)
+{
+    struct sigaction sa = {.sa_handler = on_probe_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(PROBE_TIMEOUT_MS / 1000 + 1);
+    char why[256] = "";
+    int64_t start = clock_mono_ms();
+    int status = probe_get(url, PROBE_TIMEOUT_MS, why, sizeof why);
+    alarm(0);
+    if (status < 0) {
+        fprintf(stderr, "sluice: probe %s: %s\n", url, why);
+        return EXIT_CONFIG;
+    }
+    printf("sluice: probe %s: %d in %lld ms\n", url, status, (long long)(clock_mono_ms() - start));
+    return status >= 200 && status <= 299 ? EXIT_OK : EXIT_CONFIG;
 }
 
 static void reload(struct gateway *g, const char *file)
@@ -221,13 +256,12 @@ int main(int argc, char **argv)
 {
     const char *file = NULL;
     bool check_only = false;
+    const char *probe_url = NULL;
     /* SPEC 7 "long options": the long forms of -c -t -V -h. */
     static const struct option long_options[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"test", no_argument, NULL, 't'},
-        {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {"probe", required_argument, NULL, 'P'},  {NULL, 0, NULL, 0},
     };
     int opt;
     opterr = 0;
@@ -241,6 +275,9 @@ int main(int argc, char **argv)
             break;
         case 't':
             check_only = true;
+            break;
+        case 'P':
+            probe_url = optarg;
             break;
         case 'V':
             print_version();
@@ -272,6 +309,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
+    if (probe_url)
+        return run_probe(probe_url);
     if (!file)
         file = getenv("SLUICE_CONFIG");
     if (!file || !*file)
@@ -303,9 +342,8 @@ int main(int argc, char **argv)
     /* No evthread_use_pthreads(): every event_base is used by one thread only (worker.c). */
     struct gateway g = {0};
     g.drain_timeout_ms = s->limits.drain_timeout_ms;
-    int n = s->workers > 0 ? s->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
+    /* workers: 0 is one per CPU this process may use (affinity and cgroup quota). */
+    int n = s->workers > 0 ? s->workers : cpus_available();
     config_current_set(s); /* the current config owns the load's reference */
     int status = EXIT_OK;
     g.base = event_base_new();
