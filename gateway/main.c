@@ -28,6 +28,7 @@
 #include "conf/config.h"
 #include "base/log.h"
 #include "ops/metrics.h"
+#include "ops/status.h"
 #include "core/proxy.h"
 #include "upstream/upstream.h"
 #include "core/worker.h"
@@ -320,6 +321,7 @@ int main(int argc, char **argv)
         }
         g.num_workers++;
     }
+    status_process_started(g.num_workers);
     bool admin_failed = false;
     if (status == EXIT_OK)
         g.admin = admin_start(g.base, cur, &admin_failed);
@@ -371,6 +373,7 @@ int main(int argc, char **argv)
     accesslog_stop();
     config_current_set(NULL);
     upstream_health_table_free();
+    status_free();
     metrics_free();
     event_base_free(g.base);
     libevent_global_shutdown();

@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+import ws_bench  # the WebSocket workloads (issue 9)
+
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(BENCH_DIR)
 LIB = os.path.join(BENCH_DIR, "lib")
@@ -400,6 +402,15 @@ def backend_conf(d, port, h2port):
 """
 
 
+# What every proxy sets on the upstream request (nginx's spelling; ws_bench uses it too).
+NGINX_FORWARDED = """      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $request_id;
+"""
+
+
 def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
     zone, loc = "", ""
     if chain == "basic":
@@ -431,12 +442,7 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
       proxy_pass http://b;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Request-Id $request_id;
-      add_header X-Request-Id $request_id always;
+{NGINX_FORWARDED}      add_header X-Request-Id $request_id always;
       proxy_request_buffering off;
       proxy_buffering on;
       proxy_buffer_size 16k;
@@ -1012,6 +1018,9 @@ class Bench:
             for target in targets:
                 self.idle[target] = r = self.idle_conns(target)
                 log(f"  {target:8} {r.get('kib_per_conn', 'error')} KiB/conn {r.get('error', '')}")
+        if a.ws_workloads:
+            log(f"WebSocket: {', '.join(a.ws_workloads)}")
+            ws_bench.run(self, sys.modules[__name__], a.ws_workloads)
         self.elapsed = time.monotonic() - t_start
         self.report()
 
@@ -1083,7 +1092,7 @@ def parse_args(argv):
     ap.add_argument("--duration", type=int, help="seconds per measured cell; default 5 (3 with --quick)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per cell (not measured)")
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--workloads", default=",".join(w["id"] for w in WORKLOADS))
+    ap.add_argument("--workloads", default=",".join([w["id"] for w in WORKLOADS] + ws_bench.IDS))
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--no-instr", action="store_true", help="skip the cachegrind cells")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the syscall-count cells")
@@ -1103,12 +1112,14 @@ def parse_args(argv):
         a.duration = 3 if a.quick else 5
     a.targets = [t for t in a.targets.split(",") if t]
     a.workloads = [w for w in a.workloads.split(",") if w]
+    a.ws_workloads = ws_bench.wanted(a.workloads)  # run by ws_bench, not by the loops here
+    a.workloads = [w for w in a.workloads if w not in a.ws_workloads]
     for t in a.targets:
         if t not in TARGETS:
             ap.error(f"unknown target {t} (known: {', '.join(TARGETS)})")
     for w in a.workloads:
         if w not in WL:
-            ap.error(f"unknown workload {w} (known: {', '.join(WL)})")
+            ap.error(f"unknown workload {w} (known: {', '.join(list(WL) + ws_bench.IDS)})")
     if not a.out:
         a.out = os.path.join(BENCH_DIR, "results", "run-" + time.strftime("%Y%m%d-%H%M%S"))
     if a.syscall_tool is None:

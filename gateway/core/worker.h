@@ -29,6 +29,7 @@ struct event;
 struct event_base;
 struct evdns_base;
 struct snapshot;
+struct status_board;
 struct upstream_rt;
 struct deadlines;
 struct filter_contexts;
@@ -76,6 +77,9 @@ struct worker {
     uint64_t rng[2]; /* xorshift128+ state: request ids, random balancing */
     /* Spare arenas and buffers, registered for the worker's thread while its loop runs. */
     struct thread_cache cache;
+    /* What the admin status page shows of this worker, republished every second. */
+    struct status_board *status;
+    struct event *status_timer;
     atomic_bool exited;
 };
 

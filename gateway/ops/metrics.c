@@ -466,3 +466,55 @@ void metrics_free(void)
     }
     pthread_mutex_unlock(&intern_lock);
 }
+
+/* ---- the read side of the status page ------------------------------------------ */
+
+void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx,
+                   struct metrics_gauges *gauges)
+{
+    struct metrics_table sum = {0};
+    pthread_mutex_lock(&tables_lock);
+    for (struct metrics_table *t = tables; t; t = t->next) {
+        pthread_mutex_lock(&t->lock);
+        for (size_t i = 0; i < t->cap; i++) {
+            if (t->items[i].kind)
+                series_add(merged_lookup(&sum, &t->items[i]), &t->items[i]);
+        }
+        pthread_mutex_unlock(&t->lock);
+    }
+    pthread_mutex_unlock(&tables_lock);
+    for (size_t i = 0; i < sum.cap; i++) {
+        const struct series *s = &sum.items[i];
+        struct metrics_figure f = {.code = s->code, .count = s->count};
+        switch (s->kind) {
+        case SERIES_REQUEST:
+            f.kind = METRICS_ROUTE;
+            f.route = s->name_a;
+            f.seconds = s->sum;
+            f.buckets = s->buckets;
+            f.bounds = duration_bounds;
+            f.num_buckets = DURATION_BUCKETS;
+            break;
+        case SERIES_UPSTREAM:
+        case SERIES_CONNECT_ERROR:
+            f.kind = s->kind == SERIES_UPSTREAM ? METRICS_UPSTREAM : METRICS_CONNECT_ERRORS;
+            f.upstream = s->name_a;
+            f.target = s->name_b;
+            break;
+        case SERIES_RATE_LIMITED:
+            f.kind = METRICS_RATE_LIMITED;
+            f.route = s->name_a;
+            break;
+        default:
+            continue;
+        }
+        fn(ctx, &f);
+    }
+    free(sum.items);
+    gauges->http1 = atomic_load(&conns_http1);
+    gauges->h2 = atomic_load(&conns_h2);
+    gauges->websocket = atomic_load(&conns_websocket);
+    gauges->tunnels = atomic_load(&tunnels);
+    gauges->reloads_ok = atomic_load(&reloads_ok);
+    gauges->reloads_error = atomic_load(&reloads_error);
+}

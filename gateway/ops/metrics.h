@@ -51,4 +51,44 @@ void metrics_cache_clear(struct thread_cache *tc);
 /* Frees the tables (at exit). */
 void metrics_free(void);
 
+/* ---- the read side of the status page (ops/status.c) ---------------------------- */
+
+enum metrics_figure_kind {
+    METRICS_ROUTE = 1,      /* requests{route,code} with their durations */
+    METRICS_UPSTREAM,       /* upstream_requests{upstream,target,code} */
+    METRICS_CONNECT_ERRORS, /* upstream_connect_errors{upstream,target} */
+    METRICS_RATE_LIMITED,   /* rate_limited{route} */
+};
+
+/*
+ * One series summed over every worker. The names are interned: the same
+ * name is the same pointer, valid until metrics_free().
+ */
+struct metrics_figure {
+    enum metrics_figure_kind kind;
+    const char *route; /* ROUTE, RATE_LIMITED: "(none)" for unmatched requests */
+    const char *upstream;
+    const char *target;
+    int code; /* ROUTE, UPSTREAM: the status */
+    uint64_t count;
+    double seconds;          /* ROUTE: the sum of the durations */
+    const uint64_t *buckets; /* ROUTE: requests that took at most bounds[i] seconds */
+    const double *bounds;
+    int num_buckets;
+};
+
+/* The unlabelled figures. */
+struct metrics_gauges {
+    long http1, h2, websocket; /* connections_active{protocol} */
+    long tunnels;              /* websocket_tunnels_active */
+    long reloads_ok, reloads_error;
+};
+
+/*
+ * Calls `fn` once per series, summed over the workers the way a scrape sums
+ * them (and under the same locks), and fills `gauges`.
+ */
+void metrics_visit(void (*fn)(void *ctx, const struct metrics_figure *f), void *ctx,
+                   struct metrics_gauges *gauges);
+
 #endif

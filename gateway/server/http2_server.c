@@ -96,6 +96,7 @@ struct h2_stream {
     bool closed;        /* nghttp2 closed the stream */
     bool websocket;     /* an extended CONNECT for a WebSocket, bridged to an HTTP/1.1 upgrade */
     bool tunnel;        /* its 200 went out: DATA both ways is the tunnel's (core/tunnel) */
+    bool rebound;       /* ... and the request's exchange, still to be freed, is not s->x */
     bool stalled;       /* reset: its response did not move for body_timeout_ms */
     uint64_t sent;      /* response body bytes framed into DATA */
     uint64_t sent_seen; /* `sent` at the last stall tick */
@@ -281,6 +282,11 @@ static void on_exchange_gone(void *arg)
 {
     struct h2_stream *s = arg;
     struct h2_conn *h = s->h;
+    if (s->rebound) {
+        /* The request's exchange of a tunnel: the stream belongs to the tunnel's shell now. */
+        s->rebound = false;
+        return;
+    }
     if (s->body) {
         evbuffer_remove_cb_entry(s->body, s->body_cb);
         size_t left = evbuffer_get_length(s->body);
@@ -500,6 +506,20 @@ static void h2_send_continue(struct exchange *x)
 static void h2_tunnel(struct exchange *x)
 {
     struct h2_stream *s = from_side(x);
+    /*
+     * x is the tunnel's shell: the body hook moves to its buffer (the bytes
+     * still in the old one follow, uncounted by either hook), and the old
+     * exchange's cleanup, which runs next, must leave the stream alone.
+     */
+    if (s->body)
+        evbuffer_remove_cb_entry(s->body, s->body_cb);
+    s->body = x->req_body;
+    s->body_cb = evbuffer_add_cb(x->req_body, on_body_moved, s);
+    s->x = x;
+    s->rebound = true;
+    if (!x->arena)
+        x->arena = arena_new(0);                      /* a shell's arena is made on demand */
+    arena_cleanup_add(x->arena, on_exchange_gone, s); /* the shell's end unhooks as usual */
     s->tunnel = true;
     x->req_has_body = true;
     x->req_body_done = false;

@@ -28,6 +28,7 @@
 struct event_base;
 struct evdns_base;
 struct upstream_config;
+struct status_board;
 
 /*
  * Creates the run-time state of `cfg` on a worker and starts resolving its
@@ -65,6 +66,13 @@ struct target *upstream_pick(struct upstream_rt *u, const struct balance_key *ke
 
 /* Number of targets currently active and healthy. */
 size_t upstream_healthy_count(const struct upstream_rt *u);
+
+/*
+ * Copies what the status page shows of `u`'s targets (those DNS offers now,
+ * and older ones that still hold connections) into the worker's board,
+ * between status_board_begin and status_board_commit (ops/status.h).
+ */
+void upstream_status_publish(const struct upstream_rt *u, struct status_board *b);
 
 /*
  * Passive health: connecting to `t` failed (refused, reset, timeout). The
