@@ -73,8 +73,10 @@ static void check_redis_users(struct config_error *err, struct snapshot *s, bool
 
 static void build(struct config_error *err, struct snapshot *s, const json_t *root)
 {
-    static const char *const keys[] = {"workers", "listen",     "upstreams", "routes", "filters",
-                                       "admin",   "access_log", "limits",    "redis",  NULL};
+    /* "$schema" names the JSON Schema editors check the file against (SPEC 7): ignored. */
+    static const char *const keys[] = {"workers", "listen",  "upstreams",  "routes",
+                                       "filters", "admin",   "access_log", "limits",
+                                       "redis",   "$schema", NULL};
     if (!json_is_object(root)) {
         config_error_add(err, "", "the configuration must be a JSON object, not %s",
                          config_json_kind(root));
@@ -83,6 +85,12 @@ static void build(struct config_error *err, struct snapshot *s, const json_t *ro
         return;
     }
     config_check_keys_strict(err, root, keys);
+    const json_t *schema = json_object_get(root, "$schema");
+    if (schema && !json_is_string(schema))
+        config_error_add(err, "[\"$schema\"]",
+                         "must be a string (the schema's file name or URL, e.g. "
+                         "\"./sluice.schema.json\"), not %s",
+                         config_json_kind(schema));
     long long workers = 0;
     if (config_get_llong(err, root, "workers", 0, 1024, &workers))
         s->workers = (int)workers;

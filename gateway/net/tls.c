@@ -260,7 +260,7 @@ static bool load_cert(struct config_error *err, struct tls_server *ts, size_t i,
                          "\"certs/api.key\"}");
         return false;
     }
-    config_check_keys(err, v, keys);
+    config_check_keys_strict(err, v, keys);
     const char *cert = get_str(err, v, "cert", true, "certs/api.pem");
     const char *key = get_str(err, v, "key", true, "certs/api.key");
     if (!cert || !key)
@@ -363,7 +363,7 @@ struct tls_server *tls_server_build(struct config_error *err, const json_t *v,
         config_path_pop(err, mark);
         return NULL;
     }
-    config_check_keys(err, v, keys);
+    config_check_keys_strict(err, v, keys);
     struct tls_server *ts = calloc(1, sizeof *ts);
     if (!ts) {
         config_error_add(err, "", "out of memory");
@@ -480,7 +480,7 @@ struct tls_client *tls_client_build(struct config_error *err, const json_t *v)
         config_path_pop(err, mark);
         return NULL;
     }
-    config_check_keys(err, v, keys);
+    config_check_keys_strict(err, v, keys);
     struct tls_client *tc = calloc(1, sizeof *tc);
     if (!tc) {
         config_path_pop(err, mark);

@@ -339,7 +339,20 @@ static void test_errors(void)
            "match, upstream, respond, redirect, filters, timeout_ms, websocket)");
     EXPECT("{" LISTEN ", \"routes\": [], \"zzz\": 1}",
            "zzz: unknown key (expected one of: workers, listen, upstreams, routes, filters, "
-           "admin, access_log, limits, redis; keys starting with \"_\" are comments)");
+           "admin, access_log, limits, redis, $schema; keys starting with \"_\" are comments)");
+
+    /* "$schema" (for editors) is accepted and ignored, but only as a string. */
+    {
+        struct config_error err;
+        struct snapshot *s =
+            load("{\"$schema\": \"./sluice.schema.json\", " LISTEN ", \"routes\": []}", &err);
+        ok(s != NULL && err.count == 0, "a string $schema is accepted");
+        snapshot_release(s);
+        config_error_clear(&err);
+    }
+    EXPECT("{\"$schema\": 2, " LISTEN ", \"routes\": []}",
+           "[\"$schema\"]: must be a string (the schema's file name or URL, e.g. "
+           "\"./sluice.schema.json\"), not an integer");
 
     /* Unknown upstream lists the defined ones in file order. */
     EXPECT("{" LISTEN ", \"upstreams\": {\"users\": {\"targets\": [\"u:1\"]}, "
