@@ -11,7 +11,12 @@
  *   bit 2   the strict filter (issuer "joe", audience, exp required) or the
  *           lax one (no issuer or audience, exp optional);
  *   bits 3-4  the time: just before the RFC tokens expire, 0, 2^31, or
- *           far in the future.
+ *           far in the future;
+ *   bit 5   encode: the rest is the header's JSON, a NUL, and the claims'
+ *           JSON, which the harness base64url-encodes into the first two
+ *           segments (then signs with bit 0, else appends a dummy
+ *           signature), so the JOSE header and claims rules see mutated
+ *           JSON rather than mostly broken base64url.
  * Checks: a status in range with a text, and claims (an object) exactly
  * with JWT_OK; ASan and UBSan see the rest.
  */
@@ -106,6 +111,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const int64_t times[] = {1300819300, 0, INT64_C(2147483648), INT64_C(253402300799)};
     int64_t now = times[(mode >> 3) & 3];
 
+    char *encoded = NULL;
+    if (mode & 32) {
+        const uint8_t *nul = memchr(data, 0, size);
+        size_t hlen = nul ? (size_t)(nul - data) : size;
+        size_t plen = nul ? size - hlen - 1 : 0;
+        encoded = malloc((hlen + plen) * 4 / 3 + 16);
+        if (!encoded)
+            return 0;
+        size_t n = base64url_encode(data, hlen, encoded);
+        encoded[n++] = '.';
+        n += base64url_encode(nul ? nul + 1 : data + size, plen, encoded + n);
+        if (!sign) {
+            memcpy(encoded + n, ".c2ln", 5);
+            n += 5;
+        }
+        data = (const uint8_t *)encoded;
+        size = n;
+    }
+
     /* The token in an exactly sized buffer, so AddressSanitizer sees any over-read. */
     size_t len = size;
     unsigned char mac[EVP_MAX_MD_SIZE];
@@ -139,5 +163,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_decref(payload);
     arena_free(a);
     free(token);
+    free(encoded);
     return 0;
 }
