@@ -43,7 +43,11 @@ for target in $targets; do
     work="$build/corpus/$target"
     mkdir -p "$work"
     echo "== fuzz_$target for ${seconds}s"
-    if ! "$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -max_len=4096 \
+    # A dictionary of the input's words (tests/fuzz/<target>.dict), when there is one.
+    dict=
+    [ -f "$here/$target.dict" ] && dict="-dict=$here/$target.dict"
+    # shellcheck disable=SC2086 # $dict is one word or none
+    if ! "$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -max_len=4096 $dict \
         -timeout=10 -print_final_stats=1 -artifact_prefix="$build/fuzz_$target-" \
         "$work" "$here/corpus/$target"; then
         echo "fuzz_$target FAILED (crash input saved under $build/)" >&2
