@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+import ws_bench  # the WebSocket workloads (issue 9)
+
 BENCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(BENCH_DIR)
 LIB = os.path.join(BENCH_DIR, "lib")
@@ -60,6 +62,16 @@ WORKLOADS = [
          method="GET", path="/small", conns=50, body=2, chain="jwt"),
     dict(id="basic", label="small GET + basic_auth bcrypt-10 + rate_limit, -c10", proto="h1",
          method="GET", path="/small", conns=10, body=2, chain="basic"),
+    # The small GET with the access log written to a file (sluice: JSON;
+    # nginx: its default combined format, unbuffered), next to "small" (log off).
+    dict(id="small-log", label="small GET (2 B) + access log to a file, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, log=True),
+    # rate_limit's stores (issue 11): the same filter with store local and
+    # store redis (a redis-server the harness starts on the load CPU), sluice only.
+    dict(id="rl_local", label="small GET + rate_limit store local, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="rl_local"),
+    dict(id="rl_redis", label="small GET + rate_limit store redis, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="rl_redis"),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
@@ -68,13 +80,26 @@ INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post
 SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000, "h2small": 20000}
 INSTR_COUNTS["jwt"] = (2000, 200)
 SYSCALL_COUNTS["jwt"] = 20000
+INSTR_COUNTS["small-log"] = INSTR_COUNTS["small"]
+SYSCALL_COUNTS["small-log"] = SYSCALL_COUNTS["small"]
+# Why a target has no small-log cell.
+NO_LOG = {"direct": "the backend alone is not the proxy under test",
+          "haproxy": "HAProxy writes its log only through syslog"}
 # Filter chains: which sluice filter types each needs (to say why a cell is
 # n/a while the binary lacks one), and why a target cannot take part.
 CHAINS = {
     "jwt": dict(filters=["jwt", "rate_limit", "headers"],
                 no={"nginx": "Debian's nginx has no JWT verifier"}),
     "basic": dict(filters=["basic_auth", "rate_limit"], no={}),
+    # No credentials (auth=False): nothing to enforce, the limit is never reached.
+    "rl_local": dict(filters=["rate_limit"], auth=False,
+                     no={"nginx": "compares sluice's two stores", "haproxy": "compares sluice's two stores"}),
+    "rl_redis": dict(filters=["rate_limit"], auth=False,
+                     no={"nginx": "compares sluice's two stores", "haproxy": "compares sluice's two stores"}),
 }
+for _wl in ("rl_local", "rl_redis"):
+    INSTR_COUNTS[_wl] = (2000, 200)
+    SYSCALL_COUNTS[_wl] = 20000
 # The basic-auth chain is not counted with a fixed request count: nginx and
 # HAProxy run bcrypt (about 50 ms) on every request, 50 times slower under
 # valgrind, so those cells would take most of the run's time budget.
@@ -400,7 +425,16 @@ def backend_conf(d, port, h2port):
 """
 
 
-def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
+# What every proxy sets on the upstream request (nginx's spelling; ws_bench uses it too).
+NGINX_FORWARDED = """      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Request-Id $request_id;
+"""
+
+
+def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, log=False):
     zone, loc = "", ""
     if chain == "basic":
         # limit_req runs in nginx's preaccess phase, auth_basic in the access
@@ -413,8 +447,9 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
 """
     elif chain is not None:
         raise BenchError(f"nginx has no configuration for the {chain} chain")
+    access_log = f"{d}/access.log combined" if log else "off"
     return nginx_common(d, master) + f"""http {{
-{zone}  access_log off;
+{zone}  access_log {access_log};
   tcp_nodelay on;
   keepalive_timeout 120s; keepalive_requests 100000000;
   client_max_body_size 0;
@@ -431,12 +466,7 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None):
       proxy_pass http://b;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Request-Id $request_id;
-      add_header X-Request-Id $request_id always;
+{NGINX_FORWARDED}      add_header X-Request-Id $request_id always;
       proxy_request_buffering off;
       proxy_buffering on;
       proxy_buffer_size 16k;
@@ -517,10 +547,12 @@ def sluice_filters(chain, cr):
                 {"type": "headers", "request": {"set": {"x-bench": "1"}}}]
     if chain == "basic":
         return [{"type": "basic_auth", "realm": "bench", "users": {cr["user"]: cr["hash"]}}, rate]
+    if chain in ("rl_local", "rl_redis"):
+        return [dict(rate, store=chain[3:])]
     raise BenchError(f"sluice has no configuration for the {chain} chain")
 
 
-def sluice_conf(port, backend, h2, chain=None, cr=None):
+def sluice_conf(port, backend, h2, chain=None, cr=None, log_path=None):
     import json
     lst = {"address": f"127.0.0.1:{port}"}
     if h2:
@@ -528,14 +560,15 @@ def sluice_conf(port, backend, h2, chain=None, cr=None):
     route = {"match": {"prefix": "/"}, "upstream": "b"}
     if chain is not None:
         route["filters"] = sluice_filters(chain, cr)
-    return json.dumps({
+    extra = {"redis": {"address": cr["redis"]}} if cr and "redis" in cr else {}
+    return json.dumps(dict(extra, **{
         "workers": 1,
         "listen": [lst],
-        "access_log": {"path": "off"},
+        "access_log": {"path": log_path, "format": "json"} if log_path else {"path": "off"},
         "upstreams": {"b": {"targets": [f"127.0.0.1:{backend}"], "keepalive": 64}},
         "routes": [route],
         "limits": {"idle_timeout_ms": 120000, "drain_timeout_ms": 2000},
-    }, indent=1)
+    }), indent=1)
 
 
 # --------------------------------------------------------------------------
@@ -595,12 +628,30 @@ class Bench:
             chain = wl.get("chain")
             if chain is None or chain in self.creds or chain in self.cred_err:
                 continue
+            if chain == "rl_redis":
+                self.creds[chain] = self.start_redis()
+                continue
+            if not CHAINS[chain].get("auth", True):
+                self.creds[chain] = {}
+                continue
             try:
                 self.creds[chain] = (make_jwt_credentials if chain == "jwt" else make_basic_credentials)(d)
                 log(f"{chain} chain: credentials ready")
             except (BenchError, OSError, subprocess.SubprocessError) as e:
                 self.cred_err[chain] = f"no credentials: {e}"
                 log(f"{chain} chain: {self.cred_err[chain]}")
+
+    def start_redis(self):
+        """A redis-server without persistence on the load CPU, stopped by PID at exit."""
+        d = os.path.join(self.tmp, "redis")
+        os.makedirs(d, exist_ok=True)
+        port = free_port()
+        p = Proc("redis-server", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", d],
+                 os.path.join(self.out, "logs", "redis.log"), self.lcpu)
+        wait_port(port, p)
+        log(f"redis-server pid {p.pid} on 127.0.0.1:{port}, CPU {self.lcpu}")
+        return {"redis": f"127.0.0.1:{port}"}
 
     def sluice_chain(self, chain):
         """None if this sluice binary accepts the chain's configuration (sluice -t),
@@ -626,6 +677,8 @@ class Bench:
         """None when the cell can run, else (status, reason)."""
         if wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported():
             return ("n/a", "sluice has no HTTP/2 (h2c) listener yet")
+        if wl.get("log") and target in NO_LOG:
+            return ("n/a", NO_LOG[target])
         chain = wl.get("chain")
         if chain is None:
             return None
@@ -643,12 +696,14 @@ class Bench:
 
     def auth_headers(self, wl, which="auth"):
         chain = wl.get("chain")
-        return {"Authorization": self.creds[chain][which]} if chain else {}
+        return {"Authorization": self.creds[chain][which]} if chain and CHAINS[chain].get("auth", True) else {}
 
     def enforce_probe(self, port, wl, target):
         """Before measuring: no credentials and bad credentials must get 401,
         the bench's credentials 200. A target that lets a request through
         without valid credentials is a setup error, not a result."""
+        if not CHAINS[wl["chain"]].get("auth", True):
+            return
         cr = self.creds[wl["chain"]]
         got = []
         for label, hdrs in (("no credentials", {}), (cr["bad_label"], self.auth_headers(wl, "bad"))):
@@ -665,7 +720,7 @@ class Bench:
         got.append(f"valid: {st}{extra}")
         self.enforce[(wl["id"], target)] = "; ".join(got)
 
-    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None):
+    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None, log=False):
         """Start a fresh proxy; return (Proc or None, port). direct -> backend."""
         if target == "direct":
             return None, (self.bh2port if h2 else self.bport)
@@ -682,7 +737,8 @@ class Bench:
         if target == "nginx":
             conf = os.path.join(d, "nginx.conf")
             with open(conf, "w") as f:
-                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr))
+                f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr,
+                                         log=log))
             argv = [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf]
         elif target == "haproxy":
             conf = os.path.join(d, "haproxy.cfg")
@@ -692,7 +748,8 @@ class Bench:
         elif target == "sluice":
             conf = os.path.join(d, "sluice.json")
             with open(conf, "w") as f:
-                f.write(sluice_conf(port, self.bport, h2, chain, cr))
+                f.write(sluice_conf(port, self.bport, h2, chain, cr,
+                                    os.path.join(d, "access.log") if log else None))
             argv = [self.a.sluice, "-c", conf]
         else:
             raise ValueError(target)
@@ -747,7 +804,8 @@ class Bench:
         p = None
         tag = f"-{wl['id']}-r{rnd}"
         try:
-            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"))
+            p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
+                                        log=wl.get("log", False))
             pids = p.tree() if p else self.backend.tree()
             raw = os.path.join(self.out, "logs", f"{target}{tag}")
             if wl.get("chain"):
@@ -879,7 +937,8 @@ class Bench:
             vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
             if os.path.exists(vlog):
                 os.unlink(vlog)
-            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"))
+            p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"),
+                                        log=wl.get("log", False))
             try:
                 self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
                                   timeout=300)
@@ -902,7 +961,8 @@ class Bench:
             n //= 2
         tag = f"-sys-{wl['id']}"
         logs = os.path.join(self.out, "logs")
-        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"))
+        p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
+                                    log=wl.get("log", False))
         tracer = None
         try:
             # warm the upstream pool first, then attach to the process tree
@@ -1012,6 +1072,9 @@ class Bench:
             for target in targets:
                 self.idle[target] = r = self.idle_conns(target)
                 log(f"  {target:8} {r.get('kib_per_conn', 'error')} KiB/conn {r.get('error', '')}")
+        if a.ws_workloads:
+            log(f"WebSocket: {', '.join(a.ws_workloads)}")
+            ws_bench.run(self, sys.modules[__name__], a.ws_workloads)
         self.elapsed = time.monotonic() - t_start
         self.report()
 
@@ -1083,7 +1146,7 @@ def parse_args(argv):
     ap.add_argument("--duration", type=int, help="seconds per measured cell; default 5 (3 with --quick)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per cell (not measured)")
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--workloads", default=",".join(w["id"] for w in WORKLOADS))
+    ap.add_argument("--workloads", default=",".join([w["id"] for w in WORKLOADS] + ws_bench.IDS))
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--no-instr", action="store_true", help="skip the cachegrind cells")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the syscall-count cells")
@@ -1103,12 +1166,14 @@ def parse_args(argv):
         a.duration = 3 if a.quick else 5
     a.targets = [t for t in a.targets.split(",") if t]
     a.workloads = [w for w in a.workloads.split(",") if w]
+    a.ws_workloads = ws_bench.wanted(a.workloads)  # run by ws_bench, not by the loops here
+    a.workloads = [w for w in a.workloads if w not in a.ws_workloads]
     for t in a.targets:
         if t not in TARGETS:
             ap.error(f"unknown target {t} (known: {', '.join(TARGETS)})")
     for w in a.workloads:
         if w not in WL:
-            ap.error(f"unknown workload {w} (known: {', '.join(WL)})")
+            ap.error(f"unknown workload {w} (known: {', '.join(list(WL) + ws_bench.IDS)})")
     if not a.out:
         a.out = os.path.join(BENCH_DIR, "results", "run-" + time.strftime("%Y%m%d-%H%M%S"))
     if a.syscall_tool is None:

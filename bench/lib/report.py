@@ -8,6 +8,8 @@ import statistics
 import subprocess
 import time
 
+import ws_bench
+
 TARGET_NAMES = {"direct": "direct (backend)", "nginx": "nginx", "haproxy": "HAProxy", "sluice": "sluice"}
 
 
@@ -221,7 +223,7 @@ def target_lines(tg):
 def write(b):
     a = b.a
     rows = summarise(b)
-    tg = targets(b, rows)
+    tg = targets(b, rows) + ws_bench.targets(b)
     v = versions(b)
     L = []
     L.append(f"# sluice benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
@@ -289,6 +291,7 @@ def write(b):
                      f"| {fmt(r['kib_per_conn'], 2)} |")
         L.append("")
         L.append("*direct* is the backend nginx worker (shared by all cells, so already warm).")
+    L += ws_bench.report_lines(b)
     if b.enforce:
         L.append("")
         L.append("### Filter chains: enforcement probes (before each measured cell)")

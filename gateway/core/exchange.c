@@ -65,6 +65,10 @@ struct exchange *exchange_new(struct worker *worker, struct exchange_side *clien
 
 void exchange_free(struct exchange *x)
 {
+    if (x->tunnel) {
+        x->tunnel_ops->free(x->tunnel); /* a tunnel's shell: it lives in the tunnel */
+        return;
+    }
     struct worker_snapshot *view = x->view;
     arena_free(x->arena);
     worker_snapshot_release(view);
@@ -707,6 +711,10 @@ bool exchange_body_check(struct exchange *x)
 
 void exchange_on_request_body(struct exchange *x)
 {
+    if (x->tunnel) {
+        x->tunnel_ops->on_client_data(x->tunnel);
+        return;
+    }
     if (x->proxy) {
         if (exchange_body_check(x))
             upstream_ops->on_request_body(x);
@@ -725,6 +733,10 @@ void exchange_on_request_body(struct exchange *x)
 
 void exchange_on_client_drain(struct exchange *x)
 {
+    if (x->tunnel) {
+        x->tunnel_ops->on_client_drain(x->tunnel);
+        return;
+    }
     if (x->proxy)
         upstream_ops->on_client_drain(x);
 }

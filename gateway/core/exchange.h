@@ -46,6 +46,7 @@ struct exchange_hold;
 struct exchange;
 struct proxy;
 struct snapshot;
+struct tunnel;
 struct worker;
 struct worker_snapshot;
 
@@ -85,23 +86,34 @@ struct exchange_side_ops {
     /* `n` more body bytes were taken from the socket (see body_splice_fd). */
     void (*body_spliced)(struct exchange *x, uint64_t n);
     /*
-     * WebSocket (core/tunnel): the 101 head went out; from now on the
-     * request body is every byte the client sends (x->req_body_done at its
-     * FIN), send_body writes bytes unframed, tunnel_shutdown passes a FIN
-     * on once the output is flushed, send_end closes the connection after
-     * flushing, and the codec arms no timer of its own (the tunnel's idle
-     * timeout rules). NULL: the codec cannot tunnel (the upgrade fields are
-     * then not forwarded).
+     * WebSocket (core/tunnel): the 101 head went out. `x` is the tunnel's
+     * shell exchange, which replaces the request's exchange for the codec
+     * from this call on (the request's is freed right after, and its arena
+     * cleanups run: a codec unhooks from it here). The shell's arena may be
+     * NULL: a codec that registers a cleanup makes it (arena_new(0)), and it
+     * is freed with the shell. From now on the request
+     * body is every byte the client sends (x->req_body_done at its FIN),
+     * send_body writes bytes unframed, tunnel_shutdown passes a FIN on once
+     * the output is flushed, send_end closes the connection after flushing,
+     * and the codec arms no timer of its own (the tunnel's idle timeout
+     * rules). NULL: the codec cannot tunnel (the upgrade fields are then
+     * not forwarded).
      */
     void (*tunnel)(struct exchange *x);
     void (*tunnel_shutdown)(struct exchange *x);
     /*
-     * After tunnel(): the client socket, when the tunnel may move bytes on
-     * it directly (net/splice: a plain connection, nothing buffered either
-     * way). The codec then stops reading it and leaves reads and writes to
-     * the tunnel until the exchange ends. -1 otherwise; NULL: never.
+     * After tunnel(): the client socket, when the tunnel may write to it
+     * directly (net/splice): a plain connection with nothing waiting in its
+     * output. -1 otherwise; NULL: never (then tunnel_reads is NULL too).
      */
     int (*tunnel_fd)(struct exchange *x);
+    /*
+     * codec_reads false: the codec stops reading the client socket and
+     * leaves reads to the tunnel (net/splice); returns false, changing
+     * nothing, when it holds unread input or saw the FIN. true: the codec
+     * reads the socket again (returns true).
+     */
+    bool (*tunnel_reads)(struct exchange *x, bool codec_reads);
 };
 
 struct exchange_side {
@@ -124,6 +136,19 @@ struct exchange_upstream_ops {
 
 /* Registers the upstream side (process-wide; `ops` must stay valid). */
 void exchange_set_upstream(const struct exchange_upstream_ops *ops);
+
+/*
+ * A WebSocket tunnel's shell exchange (core/tunnel) forwards the codec's
+ * entry points to its tunnel through these, so that the exchange does not
+ * name the tunnel (which uses the exchange): exchange_on_request_body,
+ * exchange_on_client_drain, and exchange_free, which frees the tunnel and
+ * the shell with it.
+ */
+struct exchange_tunnel_ops {
+    void (*on_client_data)(struct tunnel *t);
+    void (*on_client_drain)(struct tunnel *t);
+    void (*free)(struct tunnel *t);
+};
 
 /* Variables usable in filter option strings (SPEC 4 `headers`). */
 enum exchange_var {
@@ -184,6 +209,9 @@ struct exchange {
     bool gateway_response;            /* made by the gateway (SPEC 3.2 JSON or respond/redirect) */
     const char *error;                /* the SPEC 7 error code when the gateway made an error */
     const char *close_reason;         /* a tunnel's: "client", "upstream", "idle", "drain" */
+    /* A tunnel's shell exchange only (core/tunnel): what the entry points forward to. */
+    struct tunnel *tunnel;
+    const struct exchange_tunnel_ops *tunnel_ops;
 
     /* Request body as decoded by the codec, waiting to go upstream. */
     struct evbuffer *req_body;

@@ -77,7 +77,6 @@ struct proxy {
     const char *last_message;
     struct splice *splice; /* a large body moving socket to socket; NULL otherwise */
     bool splice_request;   /* the splice carries the request body (else the response's) */
-    struct tunnel *tunnel; /* a WebSocket after its 101; NULL otherwise */
     bool finished;
 };
 
@@ -145,7 +144,6 @@ static void proxy_cancel(struct exchange *x)
     if (!p || p->finished)
         return;
     p->finished = true;
-    tunnel_stop(p->tunnel);
     splice_end(p);
     drop_stream(p);
     drop_target(p);
@@ -577,11 +575,6 @@ static void on_head(void *owner)
     p->state = P_BODY;
     if (x->status == 101) {
         /* A WebSocket (only an upgrade gets here): the 101, then the tunnel relays. */
-        struct conn *c = p->codec->tunnel_conn ? p->codec->tunnel_conn(p->stream) : NULL;
-        if (!c) {
-            fail(p, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream switched protocols unasked");
-            return;
-        }
         if (x->ws_accept.len) {
             /* The gateway made the key (RFC 8441 bridge): the upstream must prove it read it. */
             const struct slice *a = header_get(&x->resp_headers, SLICE_LIT("Sec-WebSocket-Accept"));
@@ -591,10 +584,20 @@ static void on_head(void *owner)
                 return;
             }
         }
+        /* Checked last: from here on the connection is the tunnel's, not the stream's. */
+        struct conn *c = p->codec->tunnel_conn ? p->codec->tunnel_conn(p->stream) : NULL;
+        if (!c) {
+            fail(p, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream switched protocols unasked");
+            return;
+        }
         event_del(p->timer);
         exchange_send_head(x);
-        p->tunnel = tunnel_start(x, p->stream, c);
-        p->stream = NULL;
+        /* The tunnel takes the connection, the target's count and the client codec... */
+        struct target *target = p->target;
+        p->target = NULL;
+        tunnel_start(x, c, target);
+        /* ...and the request's exchange goes: its arena, this proxy, the stream (not the conn). */
+        exchange_free(x);
         return;
     }
     /* The upstream's timeout counts again from each byte (SPEC 7 "slow readers"). */
@@ -757,21 +760,12 @@ static void proxy_start(struct exchange *x)
 
 static void proxy_on_request_body(struct exchange *x)
 {
-    struct proxy *p = x->proxy;
-    if (p->tunnel) {
-        tunnel_on_client_data(p->tunnel);
-        return;
-    }
-    pump(p);
+    pump(x->proxy);
 }
 
 static void proxy_on_client_drain(struct exchange *x)
 {
     struct proxy *p = x->proxy;
-    if (p->tunnel) {
-        tunnel_on_client_drain(p->tunnel);
-        return;
-    }
     if (p->splice && !p->splice_request)
         return; /* a response splice watches the client socket itself */
     if (!p->upstream_paused || !p->stream)

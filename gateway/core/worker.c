@@ -19,8 +19,11 @@
 #include "core/filter.h"
 #include "net/splice.h"
 #include "base/log.h"
+#include "upstream/redis.h"
 #include "upstream/upstream.h"
+#include "ops/accesslog.h"
 #include "ops/metrics.h"
+#include "ops/status.h"
 
 static _Thread_local struct worker *self;
 
@@ -54,6 +57,8 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
     }
     for (size_t i = 0; i < s->num_upstreams; i++)
         ws->upstreams[i] = upstream_rt_new(&s->upstreams[i], w->base, w->dns, w->run_health_checks);
+    if (s->redis.enabled && s->redis.used)
+        ws->redis = redis_client_new(&s->redis, w->base, w->dns);
     ws->filter_contexts = filter_contexts_new(s, w);
     return ws;
 }
@@ -61,6 +66,7 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
 static void view_free(struct worker_snapshot *ws)
 {
     filter_contexts_free(ws->filter_contexts, ws->snapshot);
+    redis_client_free(ws->redis);
     for (size_t i = 0; i < ws->snapshot->num_upstreams; i++)
         upstream_rt_free(ws->upstreams[i]);
     free(ws->upstreams);
@@ -197,6 +203,26 @@ static void begin_drain(struct worker *w)
         event_base_loopexit(w->base, NULL);
 }
 
+/* Copies this worker's targets and pools to its status board (ops/status.h). */
+static void publish_status(struct worker *w)
+{
+    status_board_begin(w->status, w->net.num_conns);
+    for (struct worker_snapshot *ws = w->current; ws; ws = ws == w->current ? w->old : ws->next) {
+        for (size_t i = 0; i < ws->snapshot->num_upstreams; i++) {
+            if (ws->upstreams[i])
+                upstream_status_publish(ws->upstreams[i], w->status);
+        }
+    }
+    status_board_commit(w->status);
+}
+
+static void on_status_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    publish_status(arg);
+}
+
 static void on_notify(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -249,9 +275,13 @@ struct worker *worker_new(int id, struct snapshot *s)
     if (w->notify_fd >= 0)
         w->notify = event_new(w->base, w->notify_fd, EV_PERSIST | EV_READ, on_notify, w);
     w->deadlines = deadlines_new(w->base);
-    if (!w->dns || !w->notify || !w->deadlines)
+    w->status = status_board_new(id);
+    w->status_timer = event_new(w->base, -1, EV_PERSIST, on_status_timer, w);
+    if (!w->dns || !w->notify || !w->deadlines || !w->status || !w->status_timer)
         goto fail;
     event_add(w->notify, NULL);
+    struct timeval second = {1, 0};
+    event_add(w->status_timer, &second);
     if (getrandom(w->rng, sizeof w->rng, 0) != sizeof w->rng || (w->rng[0] | w->rng[1]) == 0) {
         w->rng[0] = 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
         w->rng[1] = 0xbf58476d1ce4e5b9ULL + (uint64_t)id;
@@ -275,6 +305,7 @@ static void cache_clear(struct worker *w)
     conn_cache_clear(&w->cache);
     splice_cache_clear(&w->cache);
     metrics_cache_clear(&w->cache);
+    accesslog_cache_clear(&w->cache);
 }
 
 static void *worker_main(void *arg)
@@ -288,6 +319,7 @@ static void *worker_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     thread_cache_set(&w->cache);
+    publish_status(w);
     event_base_dispatch(w->base);
     thread_cache_set(NULL);
     cache_clear(w);
@@ -337,6 +369,9 @@ void worker_join_free(struct worker *w)
     listener_loop_free(&w->net);
     if (w->notify)
         event_free(w->notify);
+    if (w->status_timer)
+        event_free(w->status_timer);
+    status_board_free(w->status);
     if (w->notify_fd >= 0)
         close(w->notify_fd);
     if (w->dns)

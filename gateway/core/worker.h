@@ -29,9 +29,11 @@ struct event;
 struct event_base;
 struct evdns_base;
 struct snapshot;
+struct status_board;
 struct upstream_rt;
 struct deadlines;
 struct filter_contexts;
+struct redis_client;
 
 /*
  * A worker's view of one snapshot: the snapshot plus the run-time state of
@@ -43,6 +45,8 @@ struct worker_snapshot {
     struct upstream_rt **upstreams; /* indexed like snapshot->upstreams */
     /* Per-worker filter contexts (core/filter.h); NULL when no filter needs one. */
     struct filter_contexts *filter_contexts;
+    /* The Redis connection of this view (upstream/redis.h); NULL unless a filter needs it. */
+    struct redis_client *redis;
     unsigned refs;
     struct worker *worker;
     struct worker_snapshot *next; /* older views still in use */
@@ -76,6 +80,9 @@ struct worker {
     uint64_t rng[2]; /* xorshift128+ state: request ids, random balancing */
     /* Spare arenas and buffers, registered for the worker's thread while its loop runs. */
     struct thread_cache cache;
+    /* What the admin status page shows of this worker, republished every second. */
+    struct status_board *status;
+    struct event *status_timer;
     atomic_bool exited;
 };
 

@@ -73,6 +73,15 @@ void conn_release_buffers(struct conn *c)
     c->in = c->out = NULL;
 }
 
+int conn_borrow_buffers(struct conn *c)
+{
+    if (!c->in)
+        c->in = borrow();
+    if (!c->out)
+        c->out = borrow();
+    return c->in && c->out ? 0 : -1;
+}
+
 void conn_cache_clear(struct thread_cache *tc)
 {
     while (tc->num_buffers)
@@ -372,16 +381,10 @@ static void tls_on_write(struct conn *c)
 static void on_read_ready(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
-    if (!c->in || !c->out) {
-        /* An idle connection lent its buffers out; borrow a pair back. */
-        if (!c->in)
-            c->in = borrow();
-        if (!c->out)
-            c->out = borrow();
-        if (!c->in || !c->out) {
-            c->events->on_error(c, ENOMEM);
-            return;
-        }
+    /* An idle connection lent its buffers out; borrow a pair back. */
+    if ((!c->in || !c->out) && conn_borrow_buffers(c) < 0) {
+        c->events->on_error(c, ENOMEM);
+        return;
     }
     if (c->ssl) {
         tls_on_read(c);

@@ -123,6 +123,12 @@ int conn_flush(struct conn *c);
 void conn_release_buffers(struct conn *c);
 
 /*
+ * Borrows the pair back before an owner writes to a connection that
+ * released its buffers (a read does it by itself). 0, or -1 on OOM.
+ */
+int conn_borrow_buffers(struct conn *c);
+
+/*
  * An empty evbuffer from the thread's pool (or a new one); NULL on OOM.
  * conn_buffer_put gives one back: it must have no callbacks left; one that
  * still holds bytes is freed rather than pooled.

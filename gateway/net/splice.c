@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -25,6 +26,7 @@ struct splice {
     struct event *dst_ev; /* dst writable */
     const struct splice_events *events;
     void *owner;
+    bool own; /* malloc'd with its events (no arena): splice_stop frees it */
 };
 
 int splice_pipe_get(int fds[2])
@@ -72,7 +74,10 @@ static void on_event(evutil_socket_t fd, short what, void *arg)
 struct splice *splice_start(struct arena *arena, struct event_base *base, int fds[2], int src,
                             int dst, uint64_t left, const struct splice_events *events, void *owner)
 {
-    struct splice *s = arena_calloc(arena, sizeof *s);
+    struct splice *s = arena ? arena_calloc(arena, sizeof *s) : calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->own = !arena;
     s->pipe_r = fds[0];
     s->pipe_w = fds[1];
     s->src = src;
@@ -80,6 +85,19 @@ struct splice *splice_start(struct arena *arena, struct event_base *base, int fd
     s->left = left;
     s->events = events;
     s->owner = owner;
+    if (s->own) {
+        s->src_ev = event_new(base, src, EV_READ | EV_PERSIST, on_event, s);
+        s->dst_ev = event_new(base, dst, EV_WRITE, on_event, s);
+        if (!s->src_ev || !s->dst_ev) {
+            if (s->src_ev)
+                event_free(s->src_ev);
+            if (s->dst_ev)
+                event_free(s->dst_ev);
+            free(s);
+            return NULL;
+        }
+        return s;
+    }
     s->src_ev = arena_alloc(arena, event_get_struct_event_size());
     s->dst_ev = arena_alloc(arena, event_get_struct_event_size());
     event_assign(s->src_ev, base, src, EV_READ | EV_PERSIST, on_event, s);
@@ -160,4 +178,9 @@ void splice_stop(struct splice *s)
     event_del(s->dst_ev);
     splice_pipe_put((int[2]){s->pipe_r, s->pipe_w}, s->in_pipe == 0);
     s->pipe_r = s->pipe_w = -1;
+    if (s->own) {
+        event_free(s->src_ev);
+        event_free(s->dst_ev);
+        free(s);
+    }
 }

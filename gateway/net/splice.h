@@ -76,8 +76,10 @@ void splice_cache_clear(struct thread_cache *tc);
 /*
  * Prepares a transfer of `left` bytes from `src` to `dst` through the pipe
  * `fds` (taken over: splice_stop gives it back). The transfer and its
- * events live in `arena`, which must outlive it. Nothing moves until
- * splice_run(). Both sockets must be non-blocking.
+ * events live in `arena`, which must outlive it; with `arena` NULL they are
+ * allocated, and splice_stop frees them (NULL when that fails, the pipe
+ * not taken). Nothing moves until splice_run(). Both sockets must be
+ * non-blocking.
  */
 struct splice *splice_start(struct arena *arena, struct event_base *base, int fds[2], int src,
                             int dst, uint64_t left, const struct splice_events *events,
@@ -94,7 +96,11 @@ void splice_run(struct splice *s);
 /* Bytes of the transfer not read from the source yet. */
 uint64_t splice_left(const struct splice *s);
 
-/* Stops the transfer: no event is called any more, the pipe goes back. NULL ok. */
+/*
+ * Stops the transfer: no event is called any more, the pipe goes back, and
+ * a transfer made without an arena is freed. NULL ok. May be called from
+ * the transfer's own events (splice_run touches nothing after them).
+ */
 void splice_stop(struct splice *s);
 
 #endif

@@ -16,6 +16,7 @@
 #include "net/listener.h"
 #include "base/log.h"
 #include "ops/metrics.h"
+#include "ops/status.h"
 
 struct admin {
     struct evhttp *http;
@@ -58,6 +59,15 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (plen == 8 && strncmp(uri, "/metrics", 8) == 0) {
         metrics_render(body);
         reply(req, 200, "text/plain; version=0.0.4", body);
+    } else if (plen == 1 && uri[0] == '/') {
+        /* The status page: one self-contained file, fed by /status.json. */
+        evbuffer_add_reference(body, status_html, status_html_len, NULL, NULL);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-cache");
+        reply(req, 200, "text/html; charset=utf-8", body);
+    } else if (plen == 12 && strncmp(uri, "/status.json", 12) == 0) {
+        status_render(body, atomic_load(&draining));
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+        reply(req, 200, "application/json", body);
     } else if (plen == 7 && strncmp(uri, "/config", 7) == 0) {
         /* The one JSON writer: the same escaping as every other JSON the gateway emits. */
         struct snapshot *s = config_current_hold();

@@ -1,5 +1,6 @@
 /*
- * admin: the admin listener (SPEC 5): /healthz, /ready, /metrics, /config.
+ * admin: the admin listener (SPEC 5): /healthz, /ready, /metrics, /config, and
+ * the live status page, / and /status.json (ops/status.h).
  * Plain HTTP served by libevent's evhttp on the main thread's loop: the
  * admin plane is low-volume and must stay up while workers drain.
  *

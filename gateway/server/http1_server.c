@@ -439,6 +439,7 @@ static void h1_body_spliced(struct exchange *x, uint64_t n)
 static void h1_tunnel(struct exchange *x)
 {
     struct h1_conn *h = from_side(x);
+    h->x = x; /* the tunnel's shell: the request's exchange is about to go */
     h->tunnel = true;
     metrics_connection_closed("http1");
     metrics_connection_opened("websocket");
@@ -465,12 +466,26 @@ static void h1_tunnel_shutdown(struct exchange *x)
 static int h1_tunnel_fd(struct exchange *x)
 {
     struct h1_conn *h = from_side(x);
-    if (h->tls || h->conn->ssl || h->write_failed || h->conn->eof || h->want_process ||
-        evbuffer_get_length(h->conn->in) > 0 || evbuffer_get_length(h->conn->out) > 0)
+    if (h->tls || h->conn->ssl || h->write_failed || h->tunnel_shut ||
+        evbuffer_get_length(h->conn->out) > 0)
         return -1;
+    return h->conn->fd;
+}
+
+static bool h1_tunnel_reads(struct exchange *x, bool codec_reads)
+{
+    struct h1_conn *h = from_side(x);
+    if (codec_reads) {
+        h->body_spliced = false;
+        conn_read_enable(h->conn, !h->body_paused);
+        return true;
+    }
+    if (h->tls || h->conn->ssl || h->conn->eof || h->want_process || h->body_paused ||
+        evbuffer_get_length(h->conn->in) > 0)
+        return false;
     h->body_spliced = true; /* read_body and pause_body leave the socket alone */
     conn_read_enable(h->conn, false);
-    return h->conn->fd;
+    return true;
 }
 
 static const struct exchange_side_ops h1_ops = {
@@ -487,6 +502,7 @@ static const struct exchange_side_ops h1_ops = {
     .tunnel = h1_tunnel,
     .tunnel_shutdown = h1_tunnel_shutdown,
     .tunnel_fd = h1_tunnel_fd,
+    .tunnel_reads = h1_tunnel_reads,
 };
 
 /* ---- closing ------------------------------------------------------------- */

@@ -174,12 +174,13 @@ struct upstream_codec_ops {
     void (*response_spliced)(struct upstream_stream *s, uint64_t n);
     /*
      * After on_head reported a 101 to a request with `upgrade`: the
-     * stream's connection, from now on raw bytes both ways (a WebSocket
-     * tunnel, core/tunnel). The stream sends no event any more; the caller
-     * takes the connection's events (conn_set_owner) and reads any bytes
-     * already in its input first. cancel() closes the connection: a
-     * tunnelled one never goes back to the pool. NULL: the codec never
-     * upgrades (a 101 is then a failure).
+     * stream's connection (the `conn` of a struct upconn), from now on raw
+     * bytes both ways (a WebSocket tunnel, core/tunnel), handed over: the
+     * stream sends no event any more and forgets it, so cancel() leaves it
+     * open. The caller takes the connection's events (conn_set_owner),
+     * reads any bytes already in its input first, and closes it with
+     * pool_close_conn(): a tunnelled connection never goes back to the
+     * pool. NULL: the codec never upgrades (a 101 is then a failure).
      */
     struct conn *(*tunnel_conn)(struct upstream_stream *s);
 };

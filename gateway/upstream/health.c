@@ -19,6 +19,7 @@
 #include "net/conn.h"
 #include "net/tls.h"
 #include "upstream/target.h"
+#include "base/clock.h"
 #include "base/log.h"
 
 /* Enough for "HTTP/1.1 200 " and a reason phrase; longer lines are judged on this prefix. */
@@ -33,6 +34,7 @@ struct probe {
     char *request;
     size_t request_len;
     bool sent;
+    int64_t started_us; /* for the status page's check time */
 };
 
 struct health_checker {
@@ -80,6 +82,11 @@ static void probe_free(struct probe *p)
 
 static void finish(struct probe *p, bool success)
 {
+    struct target_health *th = p->target->health;
+    int64_t now_us = clock_mono_us();
+    atomic_store(&th->check_us, now_us - p->started_us);
+    atomic_store(&th->check_ok, success);
+    atomic_store(&th->check_done_ms, now_us / 1000);
     record(p->checker, p->target, success);
     probe_free(p);
 }
@@ -176,6 +183,7 @@ static void start_probe(struct health_checker *hc, struct target *t)
     p->conn.fd = -1;
     p->checker = hc;
     p->target = t;
+    p->started_us = clock_mono_us();
     p->next = hc->probes;
     if (hc->probes)
         hc->probes->prev = p;

@@ -697,7 +697,9 @@ static struct conn *h1_tunnel_conn(struct upstream_stream *b)
     struct h1_upstream_stream *s = from_base(b);
     if (s->state != H1C_TUNNEL || !s->uc)
         return NULL;
-    return &s->uc->conn;
+    struct upconn *uc = s->uc;
+    s->uc = NULL; /* the caller's now: cancel() leaves it alone */
+    return &uc->conn;
 }
 
 const struct upstream_codec_ops http1_client_codec = {

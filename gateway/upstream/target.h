@@ -40,6 +40,9 @@ struct target_health {
     atomic_bool active_down;       /* set and cleared by active checks */
     atomic_int failures;           /* consecutive failed active checks */
     atomic_int successes;          /* consecutive passed active checks */
+    _Atomic int64_t check_done_ms; /* when the last active check ended (monotonic ms); 0: none */
+    _Atomic int64_t check_us;      /* how long it took */
+    atomic_bool check_ok;          /* its verdict */
 };
 
 struct target {

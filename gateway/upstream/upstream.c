@@ -23,6 +23,7 @@
 #include "upstream/health.h"
 #include "net/addr.h"
 #include "net/tls.h"
+#include "ops/status.h"
 #include "base/clock.h"
 #include "base/log.h"
 
@@ -97,11 +98,28 @@ static struct target_health *health_lookup(const char *upstream, const char *add
     atomic_init(&h->active_down, false);
     atomic_init(&h->failures, 0);
     atomic_init(&h->successes, 0);
+    atomic_init(&h->check_done_ms, 0);
+    atomic_init(&h->check_us, 0);
+    atomic_init(&h->check_ok, false);
     h->next = health_table;
     health_table = h;
 out:
     pthread_mutex_unlock(&health_mutex);
     return h;
+}
+
+void upstream_health_each(void (*fn)(void *arg, const char *upstream, const char *target,
+                                     bool healthy),
+                          void *arg)
+{
+    int64_t now = upstream_now_ms();
+    pthread_mutex_lock(&health_mutex);
+    for (struct target_health *h = health_table; h; h = h->next) {
+        bool healthy = now >= atomic_load_explicit(&h->down_until_ms, memory_order_relaxed) &&
+                       !atomic_load_explicit(&h->active_down, memory_order_relaxed);
+        fn(arg, h->upstream, h->address, healthy);
+    }
+    pthread_mutex_unlock(&health_mutex);
 }
 
 void upstream_health_table_free(void)
@@ -190,7 +208,7 @@ static struct target *add_target(struct upstream_rt *u, const struct target_conf
     t->active = true;
     t->config = tc;
     t->hash = balance_hash64(t->name, strlen(t->name));
-    pool_init(&t->pool);
+    pool_init(&t->pool, u->cfg->name, t->name);
     u->targets[u->num_targets++] = t;
     return t;
 fail:
@@ -523,4 +541,36 @@ struct target *upstream_pick(struct upstream_rt *u, const struct balance_key *ke
         break;
     }
     return chosen < n ? u->targets[chosen] : NULL;
+}
+
+void upstream_status_publish(const struct upstream_rt *u, struct status_board *b)
+{
+    int64_t now = upstream_now_ms();
+    for (size_t i = 0; i < u->num_targets; i++) {
+        const struct target *t = u->targets[i];
+        if (!t->active && t->pool.num_open == 0 && t->in_flight == 0)
+            continue;
+        const struct target_health *h = t->health;
+        int64_t down_until = atomic_load_explicit(&h->down_until_ms, memory_order_relaxed);
+        int64_t done = atomic_load_explicit(&h->check_done_ms, memory_order_relaxed);
+        struct status_target st = {
+            .upstream = u->cfg->name,
+            .name = t->name,
+            .host = t->config ? t->config->host : "",
+            .port = t->config ? t->config->port : 0,
+            .weight = t->weight,
+            .offered = t->active,
+            .active_down = atomic_load_explicit(&h->active_down, memory_order_relaxed),
+            .passive_ms = down_until > now ? down_until - now : 0,
+            .check_failures = atomic_load_explicit(&h->failures, memory_order_relaxed),
+            .check_successes = atomic_load_explicit(&h->successes, memory_order_relaxed),
+            .check_age_ms = done ? now - done : -1,
+            .check_us = atomic_load_explicit(&h->check_us, memory_order_relaxed),
+            .check_ok = atomic_load_explicit(&h->check_ok, memory_order_relaxed),
+            .pool_idle = t->pool.num_idle,
+            .pool_open = t->pool.num_open,
+            .in_flight = t->in_flight,
+        };
+        status_board_add(b, &st);
+    }
 }

@@ -28,6 +28,7 @@
 struct event_base;
 struct evdns_base;
 struct upstream_config;
+struct status_board;
 
 /*
  * Creates the run-time state of `cfg` on a worker and starts resolving its
@@ -67,6 +68,13 @@ struct target *upstream_pick(struct upstream_rt *u, const struct balance_key *ke
 size_t upstream_healthy_count(const struct upstream_rt *u);
 
 /*
+ * Copies what the status page shows of `u`'s targets (those DNS offers now,
+ * and older ones that still hold connections) into the worker's board,
+ * between status_board_begin and status_board_commit (ops/status.h).
+ */
+void upstream_status_publish(const struct upstream_rt *u, struct status_board *b);
+
+/*
  * Passive health: connecting to `t` failed (refused, reset, timeout). The
  * target is down for health.interval_ms, or 5000 ms without health_check.
  */
@@ -77,6 +85,15 @@ bool target_is_healthy(const struct target *t);
 
 /* CLOCK_MONOTONIC in milliseconds: the clock of down_until_ms. */
 int64_t upstream_now_ms(void);
+
+/*
+ * Calls fn once per entry of the process-wide health table (every target
+ * seen since start), with whether it is healthy now; any thread (the admin
+ * thread's /metrics). The names are valid during the call only.
+ */
+void upstream_health_each(void (*fn)(void *arg, const char *upstream, const char *target,
+                                     bool healthy),
+                          void *arg);
 
 /*
  * Frees the process-wide target health table. Call once at exit, after

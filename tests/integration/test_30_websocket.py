@@ -446,6 +446,56 @@ def test_many_concurrent_tunnels_and_gauges(sluice, ws_backend, tmp_path):
     assert rec["bytes_in"] > 0 and rec["bytes_out"] > 0 and "duration_ms" in rec
 
 
+def pipe_fds(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass  # closed meanwhile
+    return n
+
+
+def test_bulk_holds_pipes_only_while_it_moves(sluice, ws_backend, tmp_path):
+    """A direction that moves bulk is spliced through a pipe; once it is
+    quiet the pipe goes back, so idle tunnels hold none (at most the
+    worker's few spare pipes stay open), and bulk after that still relays
+    byte for byte. The tunnel, which outlives its request's exchange, still
+    logs the request's fields."""
+    b = ws_backend()
+    log = tmp_path / "access.log"
+    s = sluice(ws_config(b, workers=1, access_log={"path": str(log)}))
+    base = pipe_fds(s.pid)
+    n = 10
+
+    async def go():
+        conns = [await websockets.connect(uri(s, "/chat?room=1"), max_size=None,
+                                          ping_interval=None, compression=None)
+                 for _ in range(n)]
+        try:
+            for rnd in range(2):
+                datas = [os.urandom(1 << 20) for _ in conns]
+                await asyncio.gather(*(ws.send(d) for ws, d in zip(conns, datas)))
+                for ws, d in zip(conns, datas):
+                    assert await ws.recv() == d, f"round {rnd}: the echo differs"
+                for i, ws in enumerate(conns):
+                    await ws.send(f"small{i}")
+                    assert await ws.recv() == f"small{i}"
+                wait_until(lambda: pipe_fds(s.pid) <= base + 8, 10,
+                           what=f"round {rnd}: the quiet tunnels' pipes back "
+                                f"({pipe_fds(s.pid)} pipe fds, {base} before)")
+        finally:
+            await asyncio.gather(*(ws.close() for ws in conns))
+    run(go(), timeout=120)
+    wait_until(lambda: len([r for r in log_records(log) if r.get("status") == 101]) == n, 10,
+               what="one access-log line per tunnel")
+    rec = [r for r in log_records(log) if r.get("status") == 101][0]
+    assert rec["method"] == "GET" and rec["path"] == "/chat" and rec["route"] == "ws"
+    assert rec["host"] == f"127.0.0.1:{s.port}" and rec["request_id"]
+    assert rec["upstream"]["name"] == "ws" and rec["upstream"]["target"] == b.address
+    assert rec["bytes_in"] > 2 << 20 and rec["bytes_out"] > 2 << 20
+
+
 def test_tunnel_survives_reloads_and_new_ones_use_new_routes(sluice, ws_backend):
     b = ws_backend()
     s = sluice(ws_config(b))
