@@ -375,17 +375,26 @@ static atomic_uint_least64_t load_generation;
 
 struct snapshot *config_load(const char *file, struct config_error *err)
 {
-    struct snapshot *s = NULL, *result = NULL;
-    json_t *root = NULL;
     size_t len = 0;
-    size_t before = err->count;
-
     err->file = file;
     err->path[0] = '\0';
     char *text = read_file(file, &len, err);
     if (!text)
-        goto out;
+        return NULL;
+    struct snapshot *s = config_load_text(file, text, len, err);
+    free(text);
+    return s;
+}
 
+struct snapshot *config_load_text(const char *file, const char *text, size_t len,
+                                  struct config_error *err)
+{
+    struct snapshot *s = NULL, *result = NULL;
+    json_t *root = NULL;
+    size_t before = err->count;
+
+    err->file = file;
+    err->path[0] = '\0';
     if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0) {
         config_error_raw(err,
                          "%s:1:1: syntax error: a UTF-8 byte order mark (BOM) at the start of the "
@@ -443,7 +452,6 @@ out:
     err->dir = NULL; /* it pointed into the snapshot */
     snapshot_free(s);
     json_decref(root);
-    free(text);
     return result;
 }
 

@@ -225,6 +225,14 @@ struct snapshot {
  */
 struct snapshot *config_load(const char *file, struct config_error *err);
 
+/*
+ * Loads the configuration text[0..len) as if read from `file` (used for
+ * messages and as the folder of relative file names); same contract as
+ * config_load(). The config fuzzer's entry point (with err->file_root).
+ */
+struct snapshot *config_load_text(const char *file, const char *text, size_t len,
+                                  struct config_error *err);
+
 /* Finds an upstream by name, or NULL. */
 struct upstream_config *config_upstream(const struct snapshot *s, const char *name);
 

@@ -336,6 +336,16 @@ bool config_is_token(const char *s, size_t len)
 
 char *config_resolve_path(const struct config_error *err, const char *name)
 {
+    if (err->file_root) {
+        const char *slash = strrchr(name, '/');
+        const char *last = slash ? slash + 1 : name;
+        if (!last[0] || strcmp(last, ".") == 0 || strcmp(last, "..") == 0)
+            last = "-"; /* never the folder itself or its parent */
+        size_t n = strlen(err->file_root) + strlen(last) + 2;
+        char *p = xmalloc(n);
+        snprintf(p, n, "%s/%s", err->file_root, last);
+        return p;
+    }
     if (name[0] == '/' || !err->dir || !err->dir[0])
         return xstrdup(name);
     size_t n = strlen(err->dir) + strlen(name) + 2;

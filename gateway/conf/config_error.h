@@ -31,6 +31,13 @@
 struct config_error {
     const char *file; /* as given on the command line, for messages */
     const char *dir;
+    /*
+     * When set, every file name in the options resolves inside this folder
+     * by its last component ("keys/a.pem" and "/etc/a.pem" both name
+     * ROOT/a.pem), so a load reads no other file: the config fuzzer's
+     * sandbox. NULL (the default): names resolve against `dir`.
+     */
+    const char *file_root;
     char path[512];
     char **messages; /* each "FILE: PATH: text", malloc'd */
     size_t count;
@@ -134,8 +141,9 @@ bool config_want_object(struct config_error *err, const json_t *v, const char *e
 bool config_is_token(const char *s, size_t len);
 
 /*
- * Joins `name` to err->dir unless it is absolute; returns a malloc'd path
- * (the caller frees it). Aborts when out of memory, like all loading.
+ * Joins `name` to err->dir unless it is absolute (or maps it into
+ * err->file_root when that is set); returns a malloc'd path (the caller
+ * frees it). Aborts when out of memory, like all loading.
  */
 char *config_resolve_path(const struct config_error *err, const char *name);
 

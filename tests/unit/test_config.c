@@ -504,6 +504,58 @@ static void test_syntax_and_files(void)
     config_error_clear(&err);
 }
 
+/* config_load_text: the same load from memory, named as given; file names go to file_root. */
+static void test_from_memory(void)
+{
+    static const char ok_text[] = "{" LISTEN ", \"routes\": []}";
+    struct config_error err = {0};
+    struct snapshot *s = config_load_text("mem/sluice.json", ok_text, sizeof ok_text - 1, &err);
+    ok(s != NULL, "loads from memory");
+    is_int(err.count, 0);
+    if (s) {
+        is_str(s->file, "mem/sluice.json");
+        is_str(s->dir, "mem");
+        is_str(s->listeners[0].address, "127.0.0.1:8080");
+    }
+    snapshot_release(s);
+    config_error_clear(&err);
+
+    /* Not NUL-terminated: only len bytes are read. */
+    static const char cut[] = "{\"listen\": [}xx";
+    s = config_load_text("mem.json", cut, 13, &err);
+    ok(s == NULL && err.count == 1, "syntax error from memory");
+    if (err.count == 1)
+        ok(strncmp(err.messages[0], "mem.json:1:", 11) == 0, "named as given: %s", err.messages[0]);
+    config_error_clear(&err);
+
+    /* In the sandbox a file named anywhere is looked up in file_root only. */
+    char text[512];
+    snprintf(text, sizeof text,
+             "{" LISTEN ", \"upstreams\": {\"a\": {\"targets\": [\"127.0.0.1:1\"]}}, "
+             "\"routes\": [{\"upstream\": \"a\", \"filters\": [{\"type\": \"api_key\", "
+             "\"keys_file\": \"%s/keys.json\"}]}]}",
+             dir);
+    snprintf(file, sizeof file, "%s/keys.json", dir);
+    FILE *f = fopen(file, "w");
+    ok(f != NULL, "write %s", file);
+    if (f) {
+        fputs("{\"k-1\": \"app\"}", f);
+        fclose(f);
+    }
+    s = config_load_text("mem.json", text, strlen(text), &err);
+    ok(s != NULL, "the named file is read outside the sandbox");
+    snapshot_release(s);
+    config_error_clear(&err);
+    err.file_root = "/nonexistent-sandbox";
+    s = config_load_text("mem.json", text, strlen(text), &err);
+    ok(s == NULL && err.count == 1, "in the sandbox it is not");
+    if (err.count == 1)
+        ok(strstr(err.messages[0], "/nonexistent-sandbox/keys.json") != NULL, "%s",
+           err.messages[0]);
+    config_error_clear(&err);
+    unlink(file);
+}
+
 /* Regexes are compiled by router_compile; its errors come in the same run as ours. */
 static void test_regex_errors(void)
 {
@@ -646,6 +698,7 @@ int main(void)
     test_filter_errors();
     test_redis();
     test_syntax_and_files();
+    test_from_memory();
     test_regex_errors();
     test_redaction();
     test_current();

@@ -1,7 +1,8 @@
 /*
  * test_config_error: the public config-error helpers that sections and
  * filters share (conf/config_error.h): JSON paths, key checks with "did you
- * mean", the typed getters, muting, and the token check.
+ * mean", the typed getters, muting, the token check, and how file names
+ * resolve (against the config's folder, or into the fuzzer's sandbox).
  */
 #include <limits.h>
 #include <stdbool.h>
@@ -146,8 +147,37 @@ static void test_token(void)
     ok(config_is_token("ab\n", 2), "only len bytes are read");
 }
 
+static void check_resolve(const struct config_error *err, const char *name, const char *want)
+{
+    char *got = config_resolve_path(err, name);
+    is_str(got, want, "\"%s\" resolves", name);
+    free(got);
+}
+
+static void test_resolve(void)
+{
+    struct config_error err = {.file = "f.json", .dir = "/etc/sluice"};
+    check_resolve(&err, "keys/a.pem", "/etc/sluice/keys/a.pem");
+    check_resolve(&err, "/abs/a.pem", "/abs/a.pem");
+    err.dir = NULL;
+    check_resolve(&err, "a.pem", "a.pem");
+
+    /* The sandbox: every name lands in file_root by its last component. */
+    err.dir = "/etc/sluice";
+    err.file_root = "/sandbox";
+    check_resolve(&err, "a.pem", "/sandbox/a.pem");
+    check_resolve(&err, "keys/a.pem", "/sandbox/a.pem");
+    check_resolve(&err, "/etc/shadow", "/sandbox/shadow");
+    check_resolve(&err, "../../x", "/sandbox/x");
+    check_resolve(&err, "..", "/sandbox/-");
+    check_resolve(&err, "keys/.", "/sandbox/-");
+    check_resolve(&err, "dir/", "/sandbox/-");
+    check_resolve(&err, "", "/sandbox/-");
+}
+
 int main(void)
 {
+    test_resolve();
     test_paths();
     test_keys();
     test_getters();
