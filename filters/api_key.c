@@ -21,6 +21,7 @@
  * when a query key was cut out, the rebuilt query and the decoded key (in
  * the exchange's arena).
  */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 
 #include "filters/auth_mac.h"
 #include "base/arena.h"
+#include "base/file.h"
 #include "base/header.h"
 #include "base/slice.h"
 #include "conf/config_error.h"
@@ -153,7 +155,14 @@ static json_t *load_keys_file(const char *name, struct config_error *err, char *
 {
     *resolved = config_resolve_path(err, name);
     json_error_t jerr;
-    json_t *root = json_load_file(*resolved, JSON_REJECT_DUPLICATES, &jerr);
+    FILE *in = file_open_regular(*resolved);
+    if (!in) {
+        config_error_add(err, ".keys_file", "cannot read \"%s\": %s", *resolved,
+                         file_strerror(errno));
+        return NULL;
+    }
+    json_t *root = json_loadf(in, JSON_REJECT_DUPLICATES, &jerr);
+    fclose(in);
     if (!root) {
         if (jerr.line > 0)
             config_error_add(err, ".keys_file", "\"%s\" line %d: %s", *resolved, jerr.line,

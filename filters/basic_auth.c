@@ -42,6 +42,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "base/file.h"
 #include "filters/auth_mac.h"
 #include "base/arena.h"
 #include "base/clock.h"
@@ -284,9 +285,10 @@ static int parse_users(struct basic_auth_filter *f, const json_t *users, struct 
 static int parse_htpasswd(struct basic_auth_filter *f, const char *name, struct config_error *err)
 {
     char *path = config_resolve_path(err, name);
-    FILE *in = fopen(path, "r");
+    FILE *in = file_open_regular(path);
     if (!in) {
-        config_error_add(err, ".htpasswd_file", "cannot read \"%s\": %s", path, strerror(errno));
+        config_error_add(err, ".htpasswd_file", "cannot read \"%s\": %s", path,
+                         file_strerror(errno));
         free(path);
         return -1;
     }

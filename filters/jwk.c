@@ -24,6 +24,7 @@
 #include <openssl/x509.h>
 
 #include "base/base64url.h"
+#include "base/file.h"
 
 /* RFC 7518 section 3.3 and 3.5: RSA keys of at least 2048 bits. */
 #define JWK_RSA_MIN_BITS 2048
@@ -227,9 +228,9 @@ static int add_pkey(struct jwk_set *set, EVP_PKEY *pkey, const char *kid, int pi
 int jwk_set_add_pem_file(struct jwk_set *set, const char *path, unsigned allowed, char *why,
                          size_t why_len)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = file_open_regular(path);
     if (!f) {
-        snprintf(why, why_len, "cannot open: %s", strerror(errno));
+        snprintf(why, why_len, "cannot open: %s", file_strerror(errno));
         return -1;
     }
     EVP_PKEY *pkey = PEM_read_PUBKEY(f, NULL, NULL, NULL);

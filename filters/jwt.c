@@ -42,6 +42,7 @@
 #include "base/arena.h"
 #include "base/base64url.h"
 #include "base/clock.h"
+#include "base/file.h"
 #include "base/header.h"
 #include "base/log.h"
 #include "conf/config_error.h"
@@ -433,7 +434,13 @@ static int parse_algorithms(struct jwt_filter *f, const json_t *v, struct config
 static json_t *load_json_file(const char *path, char *why, size_t why_len)
 {
     json_error_t jerr;
-    json_t *v = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    FILE *in = file_open_regular(path);
+    if (!in) {
+        snprintf(why, why_len, "cannot load: %s", file_strerror(errno));
+        return NULL;
+    }
+    json_t *v = json_loadf(in, JSON_REJECT_DUPLICATES, &jerr);
+    fclose(in);
     if (!v)
         snprintf(why, why_len, "cannot load: %s (line %d)", jerr.text, jerr.line);
     return v;

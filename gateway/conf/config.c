@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "conf/config_int.h"
 #include "conf/env.h"
 #include "core/filter.h"
@@ -221,30 +222,11 @@ static void snapshot_free(struct snapshot *s)
 
 static char *read_file(const char *file, size_t *len, struct config_error *err)
 {
-    /*
-     * Non-blocking, and only a regular file: opening a FIFO would wait for a
-     * writer for ever (and a reload runs on the main thread).
-     */
-    int fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     struct buf b = {0};
     bool ok = false;
-    if (fd < 0) {
-        config_error_raw(err, "%s: cannot read: %s", file, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        if (S_ISDIR(st.st_mode))
-            config_error_raw(err, "%s: cannot read: %s", file, strerror(EISDIR));
-        else
-            config_error_raw(err, "%s: cannot read: not a regular file", file);
-        close(fd);
-        return NULL;
-    }
-    FILE *f = fdopen(fd, "rb");
+    FILE *f = file_open_regular(file);
     if (!f) {
-        config_error_raw(err, "%s: cannot read: %s", file, strerror(errno));
-        close(fd);
+        config_error_raw(err, "%s: cannot read: %s", file, file_strerror(errno));
         return NULL;
     }
     char chunk[8192];

@@ -15,6 +15,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "base/file.h"
 #include "conf/config.h"
 #include "net/addr.h"
 #include "net/conn.h"
@@ -148,9 +149,9 @@ static const char *ssl_reason(char *buf, size_t len)
 /* Checks that `path` can be opened, so a missing file says so plainly. */
 static bool readable(struct config_error *err, const char *sub, const char *name, const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = file_open_regular(path);
     if (!f) {
-        config_error_add(err, sub, "cannot load %s: %s", name, strerror(errno));
+        config_error_add(err, sub, "cannot load %s: %s", name, file_strerror(errno));
         return false;
     }
     fclose(f);

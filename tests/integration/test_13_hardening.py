@@ -1,5 +1,6 @@
 """Issue 12 section 1: defects found by hostile clients (SPEC 1, SPEC 7 "listeners",
 "slow readers")."""
+import json
 import os
 import re
 import resource
@@ -156,7 +157,35 @@ def test_config_that_is_a_fifo_is_refused_not_waited_for(tmp_path):
     os.mkfifo(fifo)
     p = run_sluice(["-t", "-c", "sluice.json"], tmp_path, timeout=10)
     assert p.returncode == 1, p
-    assert p.stderr.decode().strip() == "sluice.json: cannot read: not a regular file", p.stderr
+    assert p.stderr.decode().strip() == (
+        "sluice.json: cannot read: not a regular file (a FIFO, socket or device)"), p.stderr
+
+
+def test_files_the_config_names_that_are_fifos_are_refused_not_waited_for(tmp_path):
+    """Every file a configuration names is opened the same way as the file
+    itself: a FIFO is an error naming the key, never a start that hangs."""
+    for name in ("users.htpasswd", "keys.json", "jwks.json", "pub.pem", "cert.pem", "key.pem"):
+        os.mkfifo(tmp_path / name)
+    route_filters = [
+        {"type": "basic_auth", "htpasswd_file": "users.htpasswd"},
+        {"type": "api_key", "keys_file": "keys.json"},
+        {"type": "jwt", "jwks_file": "jwks.json", "algorithms": ["RS256"]},
+        {"type": "jwt", "public_key_file": "pub.pem", "algorithms": ["RS256"]},
+    ]
+    config = {
+        "listen": [{"address": f"127.0.0.1:{free_port()}",
+                    "tls": {"certificates": [{"cert": "cert.pem", "key": "key.pem"}]}}],
+        "routes": [{"respond": {"status": 200}, "filters": route_filters}],
+    }
+    (tmp_path / "sluice.json").write_text(json.dumps(config))
+    p = run_sluice(["-t", "-c", "sluice.json"], tmp_path, timeout=10)
+    assert p.returncode == 1, p
+    err = p.stderr.decode()
+    for where in ("routes[0].filters[0].htpasswd_file", "routes[0].filters[1].keys_file",
+                  "routes[0].filters[2].jwks_file", "routes[0].filters[3].public_key_file",
+                  "listen[0].tls.certificates[0].cert", "listen[0].tls.certificates[0].key"):
+        assert where in err, (where, err)
+    assert err.count("not a regular file") >= 6, err
 
 
 def test_integer_too_big_names_its_key(tmp_path):
