@@ -76,7 +76,8 @@ def test_config_endpoint_is_the_same_writer(sluice):
 
 
 def respond_config(log, **access_log):
-    return {"access_log": dict(path=str(log), **access_log),
+    # One worker: the tests read the lines in the order the requests were made.
+    return {"workers": 1, "access_log": dict(path=str(log), **access_log),
             "routes": [{"name": "r", "match": {"prefix": "/"},
                         "respond": {"status": 200, "body": "hi"}}]}
 
