@@ -612,6 +612,7 @@ class Bench:
         self.cell_no = 0
         self.raw = []        # per-cell rows
         self.instr = {}      # (wl, target) -> value or error string
+        self.instr_rows = []  # the I refs behind each instr/req (instr.csv)
         self.sysc = {}
         self.idle = {}       # target -> dict
         self.notes = []      # failures worth reporting
@@ -1007,7 +1008,9 @@ class Bench:
         if self.a.quick:
             n_full, n_base = n_full // 2, n_base // 2
         irefs = {}
-        for n in (n_base, n_full):
+        # --instr-zero: also a run with no request at all, the other common
+        # subtraction, to check the yardstick (see bench/README.md)
+        for n in (n_base, n_full) + ((0,) if self.a.instr_zero else ()):
             tag = f"-instr-{wl['id']}-n{n}"
             vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
             if os.path.exists(vlog):
@@ -1015,8 +1018,9 @@ class Bench:
             p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"),
                                         tls=wl.get("tls"))
             try:
-                self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
-                                  timeout=300)
+                if n:
+                    self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
+                                    timeout=300)
             finally:
                 rc = self.stop_target(p, timeout=60)
             try:
@@ -1028,7 +1032,14 @@ class Bench:
                 raise BenchError(f"no cachegrind summary (exit {rc}; see {os.path.basename(vlog)}): "
                                  f"{tail(vlog)}")
             irefs[n] = int(m.group(1).replace(",", ""))
-        return round((irefs[n_full] - irefs[n_base]) / (n_full - n_base))
+        per_req = round((irefs[n_full] - irefs[n_base]) / (n_full - n_base))
+        row = dict(workload=wl["id"], target=target, n=n_full, n_base=n_base, irefs_n=irefs[n_full],
+                   irefs_base=irefs[n_base], instr_per_req=per_req, irefs_zero="", zero_per_req="")
+        if 0 in irefs:
+            row.update(irefs_zero=irefs[0], zero_per_req=round((irefs[n_full] - irefs[0]) / n_full))
+            log(f"  {wl['id']:8} {target:8} (I(N) - I(0)) / N = {row['zero_per_req']}")
+        self.instr_rows.append(row)
+        return per_req
 
     def syscalls(self, wl, target):
         n = SYSCALL_COUNTS[wl["id"]]
@@ -1137,6 +1148,11 @@ class Bench:
                         self.notes.append(f"{target} / instructions / {wl['label']}: {e}")
                     self.instr[(wl["id"], target)] = v
                     log(f"  {wl['id']:8} {target:8} {v} instr/req")
+            if self.instr_rows:
+                with open(os.path.join(self.out, "instr.csv"), "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(self.instr_rows[0]))
+                    w.writeheader()
+                    w.writerows(self.instr_rows)
         if not a.no_syscalls:
             log(f"syscalls per request ({a.syscall_tool}, fixed request count)")
             for wl in wls:
@@ -1230,6 +1246,8 @@ def parse_args(argv):
     ap.add_argument("--workloads", default=",".join([w["id"] for w in WORKLOADS] + ws_bench.IDS))
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--no-instr", action="store_true", help="skip the cachegrind cells")
+    ap.add_argument("--instr-zero", action="store_true",
+                    help="cachegrind cells: also run with 0 requests; log (I(N)-I(0))/N as a check")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the syscall-count cells")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection cells")
     ap.add_argument("--syscall-tool", choices=["perf", "strace"], default=None)
