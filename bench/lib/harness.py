@@ -1253,7 +1253,7 @@ def parse_args(argv):
     ap.add_argument("--syscall-tool", choices=["perf", "strace"], default=None)
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
-    ap.add_argument("--max-seconds", type=int, default=1500, help="hard limit for the whole run")
+    ap.add_argument("--max-seconds", type=int, default=2400, help="hard limit for the whole run")
     ap.add_argument("--sluice", required=True)
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
