@@ -36,6 +36,7 @@ declare -A PKG=(
     [wrk]=wrk [h2load]=nghttp2-client [nginx]=nginx [haproxy]=haproxy
     [valgrind]=valgrind [perf]=linux-perf [strace]=strace [taskset]=util-linux
     [cmake]=cmake [openssl]=openssl [htpasswd]=apache2-utils
+    [redis-server]=redis-server
 )
 missing=()
 for cmd in "${!PKG[@]}"; do

@@ -18,9 +18,14 @@
  * (rl_take), which is the only shared mutable state. The table is created
  * with the instance and freed with it, so a reload starts fresh buckets.
  *
- * `store: "redis"` is refused as not available in this version (the Redis
- * store comes with a later version); `on_store_error` is validated and kept
- * for it, and means nothing for the local store, which cannot fail.
+ * `store: "redis"` keeps the buckets in Redis instead (docs/filters.md,
+ * "The Redis store"): the request phase starts one script call on the
+ * worker view's connection (upstream/redis.h) and pauses the exchange; the
+ * call's callback decides as rl_take would (the same units and header
+ * arithmetic, rl_fill_result) and resumes it. When Redis cannot decide,
+ * `on_store_error` passes the request or answers 503; the local store never
+ * fails, so it ignores that option. The filter asks the loader for the
+ * top-level `redis` through needs_redis.
  */
 #include "filters/rate_limit.h"
 
@@ -40,7 +45,9 @@
 #include "conf/config_error.h"
 #include "core/exchange.h"
 #include "core/filter.h"
+#include "core/worker.h"
 #include "ops/metrics.h"
+#include "upstream/redis.h"
 
 /* ---- SipHash-2-4 (Aumasson and Bernstein; the reference's test vectors in the unit test) ---- */
 
@@ -268,6 +275,9 @@ static int make_room(const struct rl_table *t, struct rl_shard *sh, int64_t now_
     return 0;
 }
 
+static void rl_fill_result(int64_t rate, int64_t period_us, int64_t capacity, int64_t tokens,
+                           struct rl_result *out);
+
 void rl_take(struct rl_table *t, uint8_t kind, const void *key, size_t len, int64_t now_us,
              struct rl_result *out)
 {
@@ -305,19 +315,85 @@ void rl_take(struct rl_table *t, uint8_t kind, const void *key, size_t len, int6
         s->tokens -= t->period_us;
     int64_t tokens = s->tokens;
     pthread_mutex_unlock(&sh->lock);
+    rl_fill_result(t->rate, t->period_us, t->capacity, tokens, out);
+}
 
-    /* Whole tokens left; whole seconds (rounded up) until full and until one token. */
-    int64_t per_s = t->rate * 1000000; /* units gained per second */
-    out->remaining = (uint64_t)(tokens / t->period_us);
-    out->reset_s = (uint64_t)((t->capacity - tokens + per_s - 1) / per_s);
+/*
+ * The headers' numbers from a bucket left with `tokens` units (out->allowed
+ * already set): whole tokens left; whole seconds (rounded up) until full
+ * and until one token. Shared by both stores, so they answer alike.
+ */
+static void rl_fill_result(int64_t rate, int64_t period_us, int64_t capacity, int64_t tokens,
+                           struct rl_result *out)
+{
+    int64_t per_s = rate * 1000000; /* units gained per second */
+    if (tokens < 0)
+        tokens = 0;
+    if (tokens > capacity)
+        tokens = capacity;
+    out->remaining = (uint64_t)(tokens / period_us);
+    out->reset_s = (uint64_t)((capacity - tokens + per_s - 1) / per_s);
     out->retry_after = 0;
     if (!out->allowed) {
-        int64_t need = t->period_us - tokens;
+        int64_t need = period_us - tokens;
         out->retry_after = (uint64_t)((need + per_s - 1) / per_s);
         if (out->retry_after < 1)
             out->retry_after = 1;
     }
 }
+
+/* ---- the redis store ----------------------------------------------------------- */
+
+/*
+ * The bucket update, run atomically by the server (one script call per
+ * request). Same units and rules as rl_take: one token is `period_us`
+ * units, the bucket gains `rate` units per microsecond up to `capacity`,
+ * the clock is the server's TIME (so gateways with skewed clocks agree).
+ * Lua numbers are doubles: create() keeps every value below 2^53, where
+ * +, -, * are exact, and idiv corrects the rounding of the one division.
+ * The hash's fields are written with %.0f, never in exponent form. The key
+ * expires once a bucket would be full again (ARGV[4] ms), which is the same
+ * as no key.
+ */
+static struct redis_script bucket_script = {
+    .source = "local rate = tonumber(ARGV[1])\n"
+              "local period = tonumber(ARGV[2])\n"
+              "local cap = tonumber(ARGV[3])\n"
+              "local function idiv(a, b)\n"
+              "  local q = math.floor(a / b)\n"
+              "  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end\n"
+              "  return q\n"
+              "end\n"
+              "local t = redis.call('TIME')\n"
+              "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+              "local v = redis.call('HMGET', KEYS[1], 't', 'l')\n"
+              "local tokens = tonumber(v[1])\n"
+              "local last = tonumber(v[2])\n"
+              "if not tokens or not last then tokens = cap; last = now end\n"
+              "local dt = now - last\n"
+              "if dt > 0 then\n"
+              "  if dt >= idiv(cap - tokens, rate) + 1 then tokens = cap\n"
+              "  else tokens = tokens + dt * rate end\n"
+              "  if tokens > cap then tokens = cap end\n"
+              "  last = now\n"
+              "end\n"
+              "local allowed = 0\n"
+              "if tokens >= period then allowed = 1; tokens = tokens - period end\n"
+              "redis.call('HSET', KEYS[1], 't', string.format('%.0f', tokens),\n"
+              "           'l', string.format('%.0f', last))\n"
+              "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+              "return {allowed, tokens}\n",
+};
+
+static pthread_once_t bucket_script_once = PTHREAD_ONCE_INIT;
+
+static void bucket_script_init(void)
+{
+    redis_script_init(&bucket_script);
+}
+
+/* The largest integer a Lua number (a double) holds exactly. */
+#define LUA_EXACT_MAX (INT64_C(1) << 53)
 
 /* ---- the filter --------------------------------------------------------------- */
 
@@ -329,12 +405,18 @@ enum rl_key {
 };
 
 struct rate_limit_filter {
-    struct rl_table *table; /* mutable, shared by the workers: see the file comment */
+    struct rl_table
+        *table; /* the local store; mutable, shared by the workers: see the file comment */
     enum rl_key key;
     char *header; /* KEY_HEADER: the header's name, malloc'd */
     size_t header_len;
-    bool deny_on_store_error; /* for the redis store; kept for when it comes */
-    char limit[24];           /* RateLimit-Limit, the burst, preformatted */
+    bool redis;               /* store "redis" */
+    bool deny_on_store_error; /* redis store: 503 rather than pass when Redis fails */
+    int64_t rate, period_us, capacity;
+    char *prefix;     /* redis: "sluice:rl:<path>:<rate>/<per_s>/<burst>:", malloc'd */
+    char argv[4][24]; /* redis: rate, period_us, capacity, ttl_ms as text */
+    size_t argvlen[4];
+    char limit[24]; /* RateLimit-Limit, the burst, preformatted */
     size_t limit_len;
 };
 
@@ -342,6 +424,10 @@ struct rate_limit_filter {
 struct rate_limit_state {
     bool decided;
     struct rl_result result;
+    /* redis store: the call in flight, and the exchange it resumes */
+    struct redis_op *op;
+    struct exchange *x;
+    const struct rate_limit_filter *filter;
 };
 
 static void rate_limit_destroy(const void *instance)
@@ -351,6 +437,7 @@ static void rate_limit_destroy(const void *instance)
         return;
     rl_table_free(f->table);
     free(f->header);
+    free(f->prefix);
     free(f);
 }
 
@@ -385,6 +472,10 @@ static int parse_key(struct rate_limit_filter *f, const json_t *options, struct 
             return -1;
         }
         f->header_len = strlen(name);
+        /* Lower case, so the Redis key is the same however each gateway's file spells it. */
+        for (size_t i = 0; i < f->header_len; i++)
+            if (f->header[i] >= 'A' && f->header[i] <= 'Z')
+                f->header[i] = (char)(f->header[i] - 'A' + 'a');
     } else {
         config_error_add(err, ".key",
                          "unknown key \"%s\" (use \"ip\", \"consumer\", \"route\" or "
@@ -437,9 +528,15 @@ static const void *rate_limit_create(const json_t *options, struct config_error 
 
     const char *store = config_get_string(err, options, "store", false, true);
     if (store && strcmp(store, "redis") == 0) {
-        config_error_add(err, ".store",
-                         "the \"redis\" store is not available in this version; use \"local\"");
-        rc = -1;
+        f->redis = true;
+        if (burst * period * 1000000 > LUA_EXACT_MAX) {
+            config_error_add(err, ".burst",
+                             "%lld per %s is too large for the \"redis\" store, which counts "
+                             "in microseconds below 2^53: at most %lld per %s",
+                             burst, per ? per : "second",
+                             (long long)(LUA_EXACT_MAX / (period * 1000000)), per ? per : "second");
+            rc = -1;
+        }
     } else if (store && strcmp(store, "local") != 0) {
         config_error_add(err, ".store", "must be \"local\" or \"redis\"");
         rc = -1;
@@ -455,7 +552,25 @@ static const void *rate_limit_create(const json_t *options, struct config_error 
     } else if (!on_err && json_object_get(options, "on_store_error")) {
         rc = -1;
     }
-    if (rc == 0) {
+    f->rate = rate;
+    f->period_us = period * 1000000;
+    f->capacity = burst * f->period_us;
+    if (rc == 0 && f->redis) {
+        pthread_once(&bucket_script_once, bucket_script_init);
+        /* Filling from empty takes capacity / rate microseconds; then the key equals no key. */
+        int64_t ttl_ms = (f->capacity / f->rate + 999) / 1000 + 1000;
+        long long values[4] = {rate, f->period_us, f->capacity, ttl_ms};
+        for (size_t i = 0; i < 4; i++)
+            f->argvlen[i] = (size_t)snprintf(f->argv[i], sizeof f->argv[i], "%lld", values[i]);
+        /* The filter's place in the file and its limit name its buckets (docs/filters.md). */
+        size_t cap = strlen(err->path) + 100;
+        f->prefix = malloc(cap);
+        if (f->prefix)
+            snprintf(f->prefix, cap, "sluice:rl:%s:%lld/%lld/%lld:", err->path, rate, period,
+                     burst);
+        else
+            rc = -1;
+    } else if (rc == 0) {
         f->table = rl_table_new((uint64_t)rate, (uint64_t)period, (uint64_t)burst);
         if (!f->table) {
             config_error_add(err, "", "out of memory");
@@ -475,6 +590,137 @@ static struct slice route_name(const struct exchange *x)
     return x->route ? slice_cstr(x->route->name) : SLICE_LIT("(none)");
 }
 
+/* The bucket's key: its kind, and the bytes that tell the clients apart. */
+static enum rl_key request_key(const struct rate_limit_filter *f, const struct exchange *x,
+                               struct slice *key)
+{
+    /*
+     * A consumer or header key that the request lacks falls back to the
+     * peer IP: an anonymous request is still limited, per client.
+     */
+    enum rl_key kind = f->key;
+    *key = slice_make("", 0);
+    if (kind == KEY_CONSUMER) {
+        *key = x->consumer;
+    } else if (kind == KEY_HEADER) {
+        const struct slice *v = header_get(&x->req_headers, slice_make(f->header, f->header_len));
+        if (v)
+            *key = *v;
+    } else if (kind == KEY_ROUTE) {
+        *key = route_name(x);
+    }
+    if (kind == KEY_IP || ((kind == KEY_CONSUMER || kind == KEY_HEADER) && key->len == 0)) {
+        kind = KEY_IP;
+        *key = slice_cstr(x->remote_addr);
+    }
+    return kind;
+}
+
+/* Answers 429 with Retry-After from st->result. */
+static void refuse(struct exchange *x, const struct rate_limit_state *st)
+{
+    metrics_rate_limited(x->route ? x->route->name : NULL);
+    exchange_respond_error(x, 429, "the rate limit was exceeded; retry later");
+    char buf[24];
+    int n = snprintf(buf, sizeof(buf), "%" PRIu64, st->result.retry_after);
+    header_set(&x->resp_headers, SLICE_LIT("Retry-After"),
+               arena_slice_dup(x->arena, slice_make(buf, (size_t)n)));
+}
+
+static const char *store_error_reason(enum redis_status status)
+{
+    switch (status) {
+    case REDIS_CALL_TIMEOUT:
+        return "timeout";
+    case REDIS_CALL_ERROR:
+        return "error";
+    case REDIS_CALL_LOST:
+        return "connection_lost";
+    default:
+        return "unavailable";
+    }
+}
+
+/*
+ * Redis could not decide: on_store_error says whether the request passes
+ * (without RateLimit-* headers, since nothing is known of the bucket) or
+ * gets 503. Returns the verdict.
+ */
+static enum filter_verdict store_failed(const struct rate_limit_filter *f, struct exchange *x,
+                                        enum redis_status status)
+{
+    metrics_rate_limit_store_error(store_error_reason(status));
+    if (!f->deny_on_store_error)
+        return FILTER_CONTINUE;
+    exchange_respond_error(x, 503, "the rate limit's store is unavailable; retry later");
+    return FILTER_RESPOND;
+}
+
+static void redis_cancel(void *arg)
+{
+    struct rate_limit_state *st = arg;
+    if (st->op) {
+        redis_op_cancel(st->op);
+        st->op = NULL;
+    }
+}
+
+static void redis_done(void *arg, const struct redis_result *r)
+{
+    struct rate_limit_state *st = arg;
+    const struct rate_limit_filter *f = st->filter;
+    struct exchange *x = st->x;
+    st->op = NULL;
+    if (r->status != REDIS_CALL_OK || r->num_ints != 2) {
+        enum redis_status status = r->status == REDIS_CALL_OK ? REDIS_CALL_ERROR : r->status;
+        exchange_resume(x, store_failed(f, x, status));
+        return;
+    }
+    metrics_rate_limit_store_latency(r->latency_us);
+    st->result.allowed = r->ints[0] == 1;
+    rl_fill_result(f->rate, f->period_us, f->capacity, (int64_t)r->ints[1], &st->result);
+    st->decided = true;
+    if (st->result.allowed) {
+        exchange_resume(x, FILTER_CONTINUE);
+        return;
+    }
+    refuse(x, st);
+    exchange_resume(x, FILTER_RESPOND);
+}
+
+static const char *const kind_names[] = {
+    [KEY_IP] = "ip",
+    [KEY_CONSUMER] = "consumer",
+    [KEY_ROUTE] = "route",
+    [KEY_HEADER] = "header",
+};
+
+/* Starts the script call for the bucket; pauses, or answers at once when Redis is down. */
+static enum filter_verdict redis_take(const struct rate_limit_filter *f, struct exchange *x,
+                                      struct rate_limit_state *st, enum rl_key kind,
+                                      struct slice key)
+{
+    /* "<prefix><kind>:<value>", the header's name in the kind: "header:x-client-id". */
+    struct slice parts[5] = {
+        slice_cstr(f->prefix), slice_cstr(kind_names[kind]),
+        kind == KEY_HEADER ? SLICE_LIT(":") : SLICE_LIT(""),
+        kind == KEY_HEADER ? slice_make(f->header, f->header_len) : SLICE_LIT(""), SLICE_LIT(":")};
+    struct slice prefix = arena_concat(x->arena, parts, 5);
+    struct slice full[2] = {prefix, key};
+    struct slice name = arena_concat(x->arena, full, 2);
+    const char *argv[5] = {name.base, f->argv[0], f->argv[1], f->argv[2], f->argv[3]};
+    size_t lens[5] = {name.len, f->argvlen[0], f->argvlen[1], f->argvlen[2], f->argvlen[3]};
+    st->x = x;
+    st->filter = f;
+    enum redis_status status = REDIS_CALL_DOWN;
+    st->op = redis_eval(x->view ? x->view->redis : NULL, &bucket_script, 1, 5, argv, lens,
+                        redis_done, st, &status);
+    if (!st->op)
+        return store_failed(f, x, status);
+    arena_cleanup_add(x->arena, redis_cancel, st);
+    return FILTER_PAUSE;
+}
+
 static enum filter_verdict rate_limit_on_request(const void *instance, void *context,
                                                  struct exchange *x, void *state)
 {
@@ -482,36 +728,15 @@ static enum filter_verdict rate_limit_on_request(const void *instance, void *con
     struct rate_limit_state *st = state;
     (void)context;
 
-    /*
-     * A consumer or header key that the request lacks falls back to the
-     * peer IP: an anonymous request is still limited, per client.
-     */
-    enum rl_key kind = f->key;
-    struct slice key = slice_make("", 0);
-    if (kind == KEY_CONSUMER) {
-        key = x->consumer;
-    } else if (kind == KEY_HEADER) {
-        const struct slice *v = header_get(&x->req_headers, slice_make(f->header, f->header_len));
-        if (v)
-            key = *v;
-    } else if (kind == KEY_ROUTE) {
-        key = route_name(x);
-    }
-    if (kind == KEY_IP || ((kind == KEY_CONSUMER || kind == KEY_HEADER) && key.len == 0)) {
-        kind = KEY_IP;
-        key = slice_cstr(x->remote_addr);
-    }
+    struct slice key;
+    enum rl_key kind = request_key(f, x, &key);
+    if (f->redis)
+        return redis_take(f, x, st, kind, key);
     rl_take(f->table, (uint8_t)kind, key.base, key.len, clock_mono_us(), &st->result);
     st->decided = true;
     if (st->result.allowed)
         return FILTER_CONTINUE;
-
-    metrics_rate_limited(x->route ? x->route->name : NULL);
-    exchange_respond_error(x, 429, "the rate limit was exceeded; retry later");
-    char buf[24];
-    int n = snprintf(buf, sizeof(buf), "%" PRIu64, st->result.retry_after);
-    header_set(&x->resp_headers, SLICE_LIT("Retry-After"),
-               arena_slice_dup(x->arena, slice_make(buf, (size_t)n)));
+    refuse(x, st);
     return FILTER_RESPOND;
 }
 
@@ -538,6 +763,12 @@ static void rate_limit_on_response(const void *instance, void *context, struct e
                number(x->arena, st->result.reset_s));
 }
 
+static const char *rate_limit_needs_redis(const void *instance)
+{
+    const struct rate_limit_filter *f = instance;
+    return f->redis ? ".store" : NULL;
+}
+
 const struct filter_type filter_rate_limit = {
     .name = "rate_limit",
     .state_size = sizeof(struct rate_limit_state),
@@ -545,4 +776,5 @@ const struct filter_type filter_rate_limit = {
     .destroy = rate_limit_destroy,
     .on_request = rate_limit_on_request,
     .on_response = rate_limit_on_response,
+    .needs_redis = rate_limit_needs_redis,
 };

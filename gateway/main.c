@@ -4,8 +4,8 @@
  * The main thread loads the configuration, binds every listener (so a port
  * conflict is an exit 3 before anything runs), starts the workers, then
  * runs its own small loop for signals and the admin listener. SIGHUP loads
- * a new snapshot and publishes it; SIGTERM/SIGINT drain; a second SIGINT
- * exits at once with 1.
+ * a new snapshot and publishes it; SIGUSR1 reopens the access log file;
+ * SIGTERM/SIGINT drain; a second SIGINT exits at once with 1.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -25,6 +25,7 @@
 #include "ops/accesslog.h"
 #include "ops/admin.h"
 #include "base/clock.h"
+#include "base/cpus.h"
 #include "conf/config.h"
 #include "base/log.h"
 #include "ops/metrics.h"
@@ -33,6 +34,8 @@
 #include "upstream/upstream.h"
 #include "core/worker.h"
 #include "server/codecs.h"
+#include "net/tls.h"
+#include "net/probe.h"
 
 enum {
     EXIT_OK = 0,
@@ -40,6 +43,9 @@ enum {
     EXIT_USAGE = 2,
     EXIT_STARTUP = 3,
 };
+
+/* SPEC 7 "long options": the whole of `--probe URL`, name resolution included. */
+enum { PROBE_TIMEOUT_MS = 2000 };
 
 struct gateway {
     struct event_base *base;
@@ -56,12 +62,14 @@ struct gateway {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h]\n"
+    fprintf(out, "usage: sluice [-c FILE] [-t] [-V] [-h] | --probe URL\n"
                  "  -c, --config FILE  configuration file (default: $SLUICE_CONFIG, else "
                  "./sluice.json)\n"
                  "  -t, --test         check the configuration and exit\n"
                  "  -V, --version      print the version and library versions\n"
-                 "  -h, --help         this help\n");
+                 "  -h, --help         this help\n"
+                 "  --probe URL        GET URL (plain HTTP, 2 s limit, no configuration): exit 0\n"
+                 "                     on a 2xx response, else 1 (container health checks)\n");
 }
 
 static void print_version(void)
@@ -84,6 +92,34 @@ static void print_errors(struct config_error *err, bool to_log)
         else
             fprintf(stderr, "%s\n", err->messages[i]);
     }
+}
+
+/* A probe whose name lookup outlasts the limit (getaddrinfo cannot be bounded) still ends. */
+static void on_probe_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "sluice: probe: timed out\n";
+    ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)n;
+    _exit(EXIT_CONFIG);
+}
+
+/* `--probe URL`: 0 on a 2xx response, else 1, with one line saying what happened. */
+static int run_probe(const char *url)
+{
+    struct sigaction sa = {.sa_handler = on_probe_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(PROBE_TIMEOUT_MS / 1000 + 1);
+    char why[256] = "";
+    int64_t start = clock_mono_ms();
+    int status = probe_get(url, PROBE_TIMEOUT_MS, why, sizeof why);
+    alarm(0);
+    if (status < 0) {
+        fprintf(stderr, "sluice: probe %s: %s\n", url, why);
+        return EXIT_CONFIG;
+    }
+    printf("sluice: probe %s: %d in %lld ms\n", url, status, (long long)(clock_mono_ms() - start));
+    return status >= 200 && status <= 299 ? EXIT_OK : EXIT_CONFIG;
 }
 
 static void reload(struct gateway *g, const char *file)
@@ -146,25 +182,38 @@ static void begin_drain(struct gateway *g)
     event_add(g->poll, &tv);
 }
 
+/* The descriptors limits.max_connections needs: a client and an upstream socket each, plus
+ * the loops, listeners, pools and logs. */
+static rlim_t files_needed(const struct snapshot *s)
+{
+    return (rlim_t)s->limits.max_connections * 2 + 256;
+}
+
 /*
  * Raises the soft descriptor limit towards the hard one, to what
- * limits.max_connections needs: a client socket and an upstream one per
- * connection, plus the loops, listeners, pools and logs. Warns with the
- * numbers when the hard limit is lower.
+ * limits.max_connections needs. Done before the listeners are bound, so
+ * whoever sees the port open sees the raised limit.
  */
 static void raise_file_limit(const struct snapshot *s)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return;
-    rlim_t need = (rlim_t)s->limits.max_connections * 2 + 256;
+    rlim_t need = files_needed(s);
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
         rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
         struct rlimit raised = {want, rl.rlim_max};
-        if (want > rl.rlim_cur && setrlimit(RLIMIT_NOFILE, &raised) == 0)
-            rl.rlim_cur = want;
+        if (want > rl.rlim_cur)
+            setrlimit(RLIMIT_NOFILE, &raised);
     }
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+}
+
+/* Warns with the numbers when the hard limit kept the soft one below the need. */
+static void warn_file_limit(const struct snapshot *s)
+{
+    struct rlimit rl;
+    rlim_t need = files_needed(s);
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
         log_warn("limits.max_connections %d needs about %llu file descriptors but the limit "
                  "(RLIMIT_NOFILE) is %llu: raise the hard limit (ulimit -Hn) or lower "
                  "limits.max_connections",
@@ -196,6 +245,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     case SIGTERM:
         begin_drain(g);
         break;
+    case SIGUSR1:
+        log_info("SIGUSR1: reopening the access log");
+        accesslog_reopen();
+        break;
     }
 }
 
@@ -203,13 +256,12 @@ int main(int argc, char **argv)
 {
     const char *file = NULL;
     bool check_only = false;
+    const char *probe_url = NULL;
     /* SPEC 7 "long options": the long forms of -c -t -V -h. */
     static const struct option long_options[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"test", no_argument, NULL, 't'},
-        {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {"probe", required_argument, NULL, 'P'},  {NULL, 0, NULL, 0},
     };
     int opt;
     opterr = 0;
@@ -223,6 +275,9 @@ int main(int argc, char **argv)
             break;
         case 't':
             check_only = true;
+            break;
+        case 'P':
+            probe_url = optarg;
             break;
         case 'V':
             print_version();
@@ -254,6 +309,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_USAGE;
     }
+    if (probe_url)
+        return run_probe(probe_url);
     if (!file)
         file = getenv("SLUICE_CONFIG");
     if (!file || !*file)
@@ -285,9 +342,8 @@ int main(int argc, char **argv)
     /* No evthread_use_pthreads(): every event_base is used by one thread only (worker.c). */
     struct gateway g = {0};
     g.drain_timeout_ms = s->limits.drain_timeout_ms;
-    int n = s->workers > 0 ? s->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
+    /* workers: 0 is one per CPU this process may use (affinity and cgroup quota). */
+    int n = s->workers > 0 ? s->workers : cpus_available();
     config_current_set(s); /* the current config owns the load's reference */
     int status = EXIT_OK;
     g.base = event_base_new();
@@ -297,7 +353,7 @@ int main(int argc, char **argv)
         return EXIT_STARTUP;
     }
     /*
-     * SIGHUP, SIGTERM and SIGINT are held until their handlers are in place
+     * SIGHUP, SIGTERM, SIGINT and SIGUSR1 are held until their handlers are in place
      * (below): once worker_new() has bound the listeners, a client (or a
      * script waiting for the port) may already send one, and the default
      * action would kill the process instead of draining it. Threads started
@@ -308,11 +364,16 @@ int main(int argc, char **argv)
     sigaddset(&held, SIGHUP);
     sigaddset(&held, SIGTERM);
     sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &held, NULL);
     /* The listeners hand accepted connections to the codecs through this table. */
     listener_set_codecs(&server_codecs);
     proxy_register(); /* the exchange's upstream side, before any worker serves */
+    /* What /metrics shows from layers above ops: TLS failures, target health. */
+    tls_set_failure_hook(metrics_tls_handshake_failed);
+    metrics_set_health_source(upstream_health_each);
     struct snapshot *cur = config_current_hold();
+    raise_file_limit(cur); /* before any socket: the warning waits for a successful start */
     for (int i = 0; i < n; i++) {
         g.workers[i] = worker_new(i, cur);
         if (!g.workers[i]) {
@@ -332,14 +393,14 @@ int main(int argc, char **argv)
         status = EXIT_STARTUP;
     }
     if (status == EXIT_OK)
-        raise_file_limit(cur); /* before the workers accept; a failed start-up says nothing more */
+        warn_file_limit(cur); /* only now: a failed start-up says nothing more */
     snapshot_release(cur);
 
     struct signal_context sc = {&g, file};
-    struct event *sigs[3] = {0};
+    struct event *sigs[4] = {0};
     if (status == EXIT_OK) {
-        int which[3] = {SIGHUP, SIGTERM, SIGINT};
-        for (int i = 0; i < 3; i++) {
+        int which[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
+        for (int i = 0; i < 4; i++) {
             sigs[i] = evsignal_new(g.base, which[i], on_signal, &sc);
             event_add(sigs[i], NULL);
         }
@@ -364,7 +425,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < g.num_workers; i++)
         worker_join_free(g.workers[i]);
     free(g.workers);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (sigs[i])
             event_free(sigs[i]);
     if (g.poll)

@@ -63,6 +63,16 @@ WORKLOADS = [
          method="GET", path="/small", conns=50, body=2, chain="jwt"),
     dict(id="basic", label="small GET + basic_auth bcrypt-10 + rate_limit, -c10", proto="h1",
          method="GET", path="/small", conns=10, body=2, chain="basic"),
+    # The small GET with the access log written to a file (sluice: JSON;
+    # nginx: its default combined format, unbuffered), next to "small" (log off).
+    dict(id="small-log", label="small GET (2 B) + access log to a file, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, log=True),
+    # rate_limit's stores (issue 11): the same filter with store local and
+    # store redis (a redis-server the harness starts on the load CPU), sluice only.
+    dict(id="rl_local", label="small GET + rate_limit store local, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="rl_local"),
+    dict(id="rl_redis", label="small GET + rate_limit store redis, -c50", proto="h1",
+         method="GET", path="/small", conns=50, body=2, chain="rl_redis"),
     # TLS 1.3 (issue 13): one ECDSA P-256 certificate made by the harness for
     # every target, the system OpenSSL everywhere; see tls_listen_*().
     dict(id="tls_small", label="TLS 1.3 small GET (HTTP/1.1), -c50", proto="h1", tls=True,
@@ -81,6 +91,11 @@ INSTR_COUNTS = {"small": (2000, 200), "16k": (2000, 200), "1m": (200, 20), "post
 SYSCALL_COUNTS = {"small": 20000, "16k": 20000, "1m": 1000, "post1m": 1000, "h2small": 20000}
 INSTR_COUNTS["jwt"] = (2000, 200)
 SYSCALL_COUNTS["jwt"] = 20000
+INSTR_COUNTS["small-log"] = INSTR_COUNTS["small"]
+SYSCALL_COUNTS["small-log"] = SYSCALL_COUNTS["small"]
+# Why a target has no small-log cell.
+NO_LOG = {"direct": "the backend alone is not the proxy under test",
+          "haproxy": "HAProxy writes its log only through syslog"}
 INSTR_COUNTS.update({"tls_small": (2000, 200), "tls_h2small": (2000, 200)})
 SYSCALL_COUNTS.update({"tls_small": 20000, "tls_h2small": 20000})
 # Filter chains: which sluice filter types each needs (to say why a cell is
@@ -89,7 +104,15 @@ CHAINS = {
     "jwt": dict(filters=["jwt", "rate_limit", "headers"],
                 no={"nginx": "Debian's nginx has no JWT verifier"}),
     "basic": dict(filters=["basic_auth", "rate_limit"], no={}),
+    # No credentials (auth=False): nothing to enforce, the limit is never reached.
+    "rl_local": dict(filters=["rate_limit"], auth=False,
+                     no={"nginx": "compares sluice's two stores", "haproxy": "compares sluice's two stores"}),
+    "rl_redis": dict(filters=["rate_limit"], auth=False,
+                     no={"nginx": "compares sluice's two stores", "haproxy": "compares sluice's two stores"}),
 }
+for _wl in ("rl_local", "rl_redis"):
+    INSTR_COUNTS[_wl] = (2000, 200)
+    SYSCALL_COUNTS[_wl] = 20000
 # The basic-auth chain is not counted with a fixed request count: nginx and
 # HAProxy run bcrypt (about 50 ms) on every request, 50 times slower under
 # valgrind, so those cells would take most of the run's time budget.
@@ -454,7 +477,7 @@ NGINX_FORWARDED = """      proxy_set_header Host $http_host;
 """
 
 
-def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, tls=None):
+def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, log=False, tls=None):
     zone, loc, ssl_conf = "", "", ""
     if tls:
         ssl_conf = f"""    ssl_certificate {tls['cert']};
@@ -472,8 +495,9 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, tls
 """
     elif chain is not None:
         raise BenchError(f"nginx has no configuration for the {chain} chain")
+    access_log = f"{d}/access.log combined" if log else "off"
     return nginx_common(d, master) + f"""http {{
-{zone}  access_log off;
+{zone}  access_log {access_log};
   tcp_nodelay on;
   keepalive_timeout 120s; keepalive_requests 100000000;
   client_max_body_size 0;
@@ -574,10 +598,12 @@ def sluice_filters(chain, cr):
                 {"type": "headers", "request": {"set": {"x-bench": "1"}}}]
     if chain == "basic":
         return [{"type": "basic_auth", "realm": "bench", "users": {cr["user"]: cr["hash"]}}, rate]
+    if chain in ("rl_local", "rl_redis"):
+        return [dict(rate, store=chain[3:])]
     raise BenchError(f"sluice has no configuration for the {chain} chain")
 
 
-def sluice_conf(port, backend, h2, chain=None, cr=None, tls=None):
+def sluice_conf(port, backend, h2, chain=None, cr=None, log_path=None, tls=None):
     import json
     lst = {"address": f"127.0.0.1:{port}"}
     if tls:
@@ -589,14 +615,15 @@ def sluice_conf(port, backend, h2, chain=None, cr=None, tls=None):
     route = {"match": {"prefix": "/"}, "upstream": "b"}
     if chain is not None:
         route["filters"] = sluice_filters(chain, cr)
-    return json.dumps({
+    extra = {"redis": {"address": cr["redis"]}} if cr and "redis" in cr else {}
+    return json.dumps(dict(extra, **{
         "workers": 1,
         "listen": [lst],
-        "access_log": {"path": "off"},
+        "access_log": {"path": log_path, "format": "json"} if log_path else {"path": "off"},
         "upstreams": {"b": {"targets": [f"127.0.0.1:{backend}"], "keepalive": 64}},
         "routes": [route],
         "limits": {"idle_timeout_ms": 120000, "drain_timeout_ms": 2000},
-    }, indent=1)
+    }), indent=1)
 
 
 # --------------------------------------------------------------------------
@@ -658,12 +685,30 @@ class Bench:
             chain = wl.get("chain")
             if chain is None or chain in self.creds or chain in self.cred_err:
                 continue
+            if chain == "rl_redis":
+                self.creds[chain] = self.start_redis()
+                continue
+            if not CHAINS[chain].get("auth", True):
+                self.creds[chain] = {}
+                continue
             try:
                 self.creds[chain] = (make_jwt_credentials if chain == "jwt" else make_basic_credentials)(d)
                 log(f"{chain} chain: credentials ready")
             except (BenchError, OSError, subprocess.SubprocessError) as e:
                 self.cred_err[chain] = f"no credentials: {e}"
                 log(f"{chain} chain: {self.cred_err[chain]}")
+
+    def start_redis(self):
+        """A redis-server without persistence on the load CPU, stopped by PID at exit."""
+        d = os.path.join(self.tmp, "redis")
+        os.makedirs(d, exist_ok=True)
+        port = free_port()
+        p = Proc("redis-server", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", d],
+                 os.path.join(self.out, "logs", "redis.log"), self.lcpu)
+        wait_port(port, p)
+        log(f"redis-server pid {p.pid} on 127.0.0.1:{port}, CPU {self.lcpu}")
+        return {"redis": f"127.0.0.1:{port}"}
 
     def sluice_chain(self, chain):
         """None if this sluice binary accepts the chain's configuration (sluice -t),
@@ -689,6 +734,8 @@ class Bench:
         """None when the cell can run, else (status, reason)."""
         if wl["proto"] == "h2" and target == "sluice" and not self.sluice_h2_supported():
             return ("n/a", "sluice has no HTTP/2 (h2c) listener yet")
+        if wl.get("log") and target in NO_LOG:
+            return ("n/a", NO_LOG[target])
         if wl.get("tls"):
             if target == "direct":
                 return ("n/a", "the backend has no TLS listener")
@@ -714,12 +761,14 @@ class Bench:
 
     def auth_headers(self, wl, which="auth"):
         chain = wl.get("chain")
-        return {"Authorization": self.creds[chain][which]} if chain else {}
+        return {"Authorization": self.creds[chain][which]} if chain and CHAINS[chain].get("auth", True) else {}
 
     def enforce_probe(self, port, wl, target):
         """Before measuring: no credentials and bad credentials must get 401,
         the bench's credentials 200. A target that lets a request through
         without valid credentials is a setup error, not a result."""
+        if not CHAINS[wl["chain"]].get("auth", True):
+            return
         cr = self.creds[wl["chain"]]
         got = []
         for label, hdrs in (("no credentials", {}), (cr["bad_label"], self.auth_headers(wl, "bad"))):
@@ -736,7 +785,7 @@ class Bench:
         got.append(f"valid: {st}{extra}")
         self.enforce[(wl["id"], target)] = "; ".join(got)
 
-    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None, tls=False):
+    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None, log=False, tls=False):
         """Start a fresh proxy; return (Proc or None, port). direct -> backend."""
         tls = self.tls if tls else None
         if target == "direct":
@@ -755,7 +804,7 @@ class Bench:
             conf = os.path.join(d, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr,
-                                         tls=tls))
+                                         log=log, tls=tls))
             argv = [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf]
         elif target == "haproxy":
             conf = os.path.join(d, "haproxy.cfg")
@@ -765,7 +814,8 @@ class Bench:
         elif target == "sluice":
             conf = os.path.join(d, "sluice.json")
             with open(conf, "w") as f:
-                f.write(sluice_conf(port, self.bport, h2, chain, cr, tls))
+                f.write(sluice_conf(port, self.bport, h2, chain, cr,
+                                    os.path.join(d, "access.log") if log else None, tls))
             argv = [self.a.sluice, "-c", conf]
         else:
             raise ValueError(target)
@@ -821,7 +871,7 @@ class Bench:
         tag = f"-{wl['id']}-r{rnd}"
         try:
             p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
-                                        tls=wl.get("tls"))
+                                        log=wl.get("log", False), tls=wl.get("tls"))
             pids = p.tree() if p else self.backend.tree()
             raw = os.path.join(self.out, "logs", f"{target}{tag}")
             if wl.get("chain"):
@@ -1016,7 +1066,7 @@ class Bench:
             if os.path.exists(vlog):
                 os.unlink(vlog)
             p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"),
-                                        tls=wl.get("tls"))
+                                        log=wl.get("log", False), tls=wl.get("tls"))
             try:
                 if n:
                     self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
@@ -1048,7 +1098,7 @@ class Bench:
         tag = f"-sys-{wl['id']}"
         logs = os.path.join(self.out, "logs")
         p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
-                                        tls=wl.get("tls"))
+                                    log=wl.get("log", False), tls=wl.get("tls"))
         tracer = None
         try:
             # warm the upstream pool first, then attach to the process tree

@@ -1,10 +1,12 @@
 """What every demo service shares: the command line (--host, --port,
 --exit-with-parent; DEMO_HOST and DEMO_PORT in the environment), the aiohttp
-low-level server, and stopping when the script that started it is gone
-(scripts/run)."""
+low-level server, stopping at once on SIGTERM or SIGINT (as PID 1 in a
+container, where the default action of SIGTERM is to ignore it), and
+stopping when the script that started it is gone (scripts/run)."""
 import argparse
 import asyncio
 import os
+import signal
 
 from aiohttp import web
 
@@ -20,10 +22,20 @@ async def _main(handler, name: str, args: argparse.Namespace) -> None:
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     print(f"{name} demo listening on {args.host}:{args.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.ensure_future(stop.wait())]
     if args.exit_with_parent:
-        await _exit_with_parent(os.getppid())
-    else:
-        await asyncio.Event().wait()
+        waits.append(asyncio.ensure_future(_exit_with_parent(os.getppid())))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        # In-flight requests get a moment; a demo never holds a stop for long.
+        await asyncio.wait_for(runner.cleanup(), timeout=3)
 
 
 def serve(handler, name: str, default_port: int, description: str) -> None:

@@ -2,7 +2,8 @@
  * thread_cache: the per-thread caches of a worker in one struct
  * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c),
  * spare evbuffers (net/conn.c), spare splice pipes (net/splice.c) and the
- * worker's metrics table (ops/metrics.c). The worker embeds one,
+ * worker's metrics table (ops/metrics.c) and access log ring
+ * (ops/accesslog.c). The worker embeds one,
  * registers it for its thread when its loop starts and empties it when the loop ends; the modules
  * reach it through thread_cache_self() without knowing about workers (they sit in lower layers). A
  * thread without a registered cache (the main thread, a unit test's thread) caches nothing: every
@@ -22,6 +23,7 @@
 #ifndef SLUICE_THREAD_CACHE_H
 #define SLUICE_THREAD_CACHE_H
 
+struct accesslog_ring;
 struct arena;
 struct evbuffer;
 struct metrics_table;
@@ -45,6 +47,8 @@ struct thread_cache {
     int num_pipes;
     /* ops/metrics.c: this worker's counters (owned by the metrics module, which scrapes them). */
     struct metrics_table *metrics;
+    /* ops/accesslog.c: this worker's ring of log lines (owned by the access log module). */
+    struct accesslog_ring *accesslog;
 };
 
 /* The cache registered for the calling thread (NULL: none); see thread_cache_self(). */

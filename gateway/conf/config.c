@@ -25,6 +25,7 @@
 
 #include "conf/config_int.h"
 #include "conf/env.h"
+#include "core/filter.h"
 #include "core/router.h"
 #include "net/addr.h"
 #include "net/tls.h"
@@ -33,6 +34,42 @@
 #define CONFIG_MAX_FILE_BYTES (16u * 1024 * 1024)
 
 /* ---------------------------------------------------------------- top level */
+
+/*
+ * Filters that share state through Redis (rate_limit's "redis" store) need
+ * the top-level "redis" section; one error per such filter, at its option.
+ */
+static void check_redis_filters(struct config_error *err, struct redis_config *r, bool present,
+                                const struct filter_instance *f, size_t n)
+{
+    size_t mark = config_path_push(err, ".filters");
+    for (size_t i = 0; i < n; i++) {
+        const char *option = f[i].type->needs_redis ? f[i].type->needs_redis(f[i].instance) : NULL;
+        if (!option)
+            continue;
+        r->used = true;
+        if (present)
+            continue; /* an invalid "redis" section has its own error */
+        size_t at = config_path_push_index(err, i);
+        config_error_add(err, option,
+                         "needs a Redis server: add a top-level \"redis\": {\"address\": "
+                         "\"HOST:PORT\"}, or use \"store\": \"local\"");
+        config_path_pop(err, at);
+    }
+    config_path_pop(err, mark);
+}
+
+static void check_redis_users(struct config_error *err, struct snapshot *s, bool present)
+{
+    check_redis_filters(err, &s->redis, present, s->filters, s->num_filters);
+    for (size_t r = 0; r < s->num_routes; r++) {
+        size_t mark = config_path_push(err, ".routes");
+        config_path_push_index(err, r);
+        check_redis_filters(err, &s->redis, present, s->routes[r].filters,
+                            s->routes[r].num_filters);
+        config_path_pop(err, mark);
+    }
+}
 
 static void build(struct config_error *err, struct snapshot *s, const json_t *root)
 {
@@ -57,6 +94,8 @@ static void build(struct config_error *err, struct snapshot *s, const json_t *ro
     config_build_access_log(err, &s->access_log, json_object_get(root, "access_log"));
     config_build_limits(err, &s->limits, json_object_get(root, "limits"));
     config_build_redis(err, &s->redis, json_object_get(root, "redis"));
+
+    check_redis_users(err, s, json_object_get(root, "redis") != NULL);
 
     for (size_t i = 0; s->admin.enabled && i < s->num_listeners; i++)
         if (addr_same(&s->admin.addr, s->admin.addrlen, &s->listeners[i].addr,
@@ -164,6 +203,7 @@ static void snapshot_free(struct snapshot *s)
     free(s->admin.address);
     free(s->access_log.path);
     free(s->redis.address);
+    free(s->redis.username);
     free(s->redis.password);
     json_decref(s->redacted);
     free(s->file);

@@ -186,10 +186,12 @@ struct admin_config {
 
 struct redis_config {
     bool enabled;
-    char *address;
+    bool used;      /* a filter uses it: workers connect (upstream/redis.h) */
+    char *address;  /* "HOST:PORT" or "unix:/path" */
+    char *username; /* ACL user for AUTH; NULL = the default user */
     char *password;
     int database;
-    int timeout_ms;
+    int timeout_ms; /* connect, handshake and each command */
 };
 
 struct snapshot {

@@ -103,7 +103,8 @@ void config_build_limits(struct config_error *err, struct limits_config *l, cons
 
 void config_build_redis(struct config_error *err, struct redis_config *r, const json_t *v)
 {
-    static const char *const keys[] = {"address", "password", "database", "timeout_ms", NULL};
+    static const char *const keys[] = {"address",  "username",   "password",
+                                       "database", "timeout_ms", NULL};
     r->timeout_ms = 1000;
     if (!v)
         return;
@@ -111,7 +112,17 @@ void config_build_redis(struct config_error *err, struct redis_config *r, const 
     if (config_want_object(err, v, "{\"address\": \"127.0.0.1:6379\"}")) {
         config_check_keys_strict(err, v, keys);
         const char *address = config_get_string(err, v, "address", true, true);
-        if (address) {
+        if (address && strncmp(address, "unix:", 5) == 0) {
+            if (address[5] != '/') {
+                config_key_error(err, "address",
+                                 "invalid address \"%s\": a unix socket needs an absolute "
+                                 "path, e.g. \"unix:/run/redis/redis.sock\"",
+                                 address);
+            } else {
+                r->address = xstrdup(address);
+                r->enabled = true;
+            }
+        } else if (address) {
             char *host = NULL;
             uint16_t port;
             char why[200];
@@ -121,14 +132,20 @@ void config_build_redis(struct config_error *err, struct redis_config *r, const 
             } else {
                 config_key_error(err, "address",
                                  "invalid address \"%s\": %s (expected HOST:PORT, e.g. "
-                                 "\"127.0.0.1:6379\")",
+                                 "\"127.0.0.1:6379\", or unix:/path)",
                                  address, why);
             }
             free(host);
         }
+        const char *username = config_get_string(err, v, "username", false, true);
+        if (username)
+            r->username = xstrdup(username);
         const char *password = config_get_string(err, v, "password", false, false);
         if (password)
             r->password = xstrdup(password);
+        if (username && !json_object_get(v, "password"))
+            config_key_error(err, "username",
+                             "needs \"password\" too: AUTH sends the user with its password");
         config_get_int(err, v, "database", 0, &r->database);
         config_get_int(err, v, "timeout_ms", 1, &r->timeout_ms);
     }

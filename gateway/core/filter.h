@@ -92,6 +92,15 @@ struct filter_type {
     void *(*context_new)(const void *instance, struct worker *w);
     void (*context_free)(const void *instance, void *context);
 
+    /*
+     * Load time, after the whole file is read: the option (a sub-path such
+     * as ".store") by which this instance needs the top-level `redis`
+     * section, or NULL when it does not. The loader reports a missing
+     * section at that path, and connects each worker to Redis only when
+     * some instance needs it. Absent = never needs it.
+     */
+    const char *(*needs_redis)(const void *instance);
+
     /* The request head, in pipeline order. */
     enum filter_verdict (*on_request)(const void *instance, void *context, struct exchange *x,
                                       void *state);

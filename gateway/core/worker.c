@@ -19,7 +19,9 @@
 #include "core/filter.h"
 #include "net/splice.h"
 #include "base/log.h"
+#include "upstream/redis.h"
 #include "upstream/upstream.h"
+#include "ops/accesslog.h"
 #include "ops/metrics.h"
 #include "ops/status.h"
 
@@ -55,6 +57,8 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
     }
     for (size_t i = 0; i < s->num_upstreams; i++)
         ws->upstreams[i] = upstream_rt_new(&s->upstreams[i], w->base, w->dns, w->run_health_checks);
+    if (s->redis.enabled && s->redis.used)
+        ws->redis = redis_client_new(&s->redis, w->base, w->dns);
     ws->filter_contexts = filter_contexts_new(s, w);
     return ws;
 }
@@ -62,6 +66,7 @@ static struct worker_snapshot *view_new(struct worker *w, struct snapshot *s)
 static void view_free(struct worker_snapshot *ws)
 {
     filter_contexts_free(ws->filter_contexts, ws->snapshot);
+    redis_client_free(ws->redis);
     for (size_t i = 0; i < ws->snapshot->num_upstreams; i++)
         upstream_rt_free(ws->upstreams[i]);
     free(ws->upstreams);
@@ -300,6 +305,7 @@ static void cache_clear(struct worker *w)
     conn_cache_clear(&w->cache);
     splice_cache_clear(&w->cache);
     metrics_cache_clear(&w->cache);
+    accesslog_cache_clear(&w->cache);
 }
 
 static void *worker_main(void *arg)

@@ -33,6 +33,7 @@ struct status_board;
 struct upstream_rt;
 struct deadlines;
 struct filter_contexts;
+struct redis_client;
 
 /*
  * A worker's view of one snapshot: the snapshot plus the run-time state of
@@ -44,6 +45,8 @@ struct worker_snapshot {
     struct upstream_rt **upstreams; /* indexed like snapshot->upstreams */
     /* Per-worker filter contexts (core/filter.h); NULL when no filter needs one. */
     struct filter_contexts *filter_contexts;
+    /* The Redis connection of this view (upstream/redis.h); NULL unless a filter needs it. */
+    struct redis_client *redis;
     unsigned refs;
     struct worker *worker;
     struct worker_snapshot *next; /* older views still in use */

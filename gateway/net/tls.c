@@ -632,8 +632,16 @@ struct tls_accept {
     struct event *timer;
     struct snapshot *snapshot; /* held: the SNI and ALPN callbacks read its tls_server */
     struct sockaddr_storage peer;
+    const char *listener; /* lc->address, valid while `snapshot` is held */
     unsigned flags;
 };
+
+static void (*failure_hook)(const char *listener);
+
+void tls_set_failure_hook(void (*hook)(const char *listener))
+{
+    failure_hook = hook;
+}
 
 static void accept_free(struct tls_accept *a, bool close_conn)
 {
@@ -687,6 +695,10 @@ static void on_error(struct conn *c, int err)
     char ip[64], why[256];
     tls_describe_failure(c, why, sizeof why);
     log_debug("TLS handshake with %s failed: %s", peer_ip(a, ip), why);
+    /* A peer that closed before sending a byte (a TCP health check) made no handshake to fail. */
+    bool silent = BIO_number_read(SSL_get_rbio(c->ssl)) == 0;
+    if (failure_hook && !silent)
+        failure_hook(a->listener);
     accept_close(a);
 }
 
@@ -699,6 +711,8 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
     struct tls_accept *a = arg;
     char ip[64];
     log_debug("TLS handshake with %s timed out", peer_ip(a, ip));
+    if (failure_hook)
+        failure_hook(a->listener);
     accept_close(a);
 }
 
@@ -735,6 +749,7 @@ int tls_server_accept(struct net_loop *loop, int fd, const struct sockaddr_stora
         goto fail;
     }
     a->snapshot = snapshot_hold(s);
+    a->listener = lc->address;
     int ms = s->limits.header_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_add(a->timer, &tv);

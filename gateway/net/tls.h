@@ -71,6 +71,15 @@ int tls_server_accept(struct net_loop *loop, int fd, const struct sockaddr_stora
                       unsigned flags, struct snapshot *s, const struct listen_config *lc);
 
 /*
+ * Registers the function told of every client handshake that fails or
+ * times out (not of a connection closed before its first byte, such as a
+ * TCP health check), with the listener's configured address (the metrics, from
+ * main: ops sits above net). Set once before any worker runs; NULL: none.
+ * Called on the worker's thread.
+ */
+void tls_set_failure_hook(void (*hook)(const char *listener));
+
+/*
  * Makes `c`, just conn_connect'ed, a TLS client of `tc`: SNI and the name
  * check use tc's server_name, else `host` (the configured host; NULL: no
  * name). `session` is the caller's slot for the last session of this

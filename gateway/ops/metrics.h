@@ -1,11 +1,18 @@
 /*
- * metrics: per-worker counters and histograms, summed when /metrics is
- * scraped (SPEC 5). Counting is a plain increment in the worker's own
- * table: no locks or atomics on the request path; the scrape takes each
- * worker's table lock briefly (uncontended: only the scrape ever waits).
+ * metrics: per-worker counters, gauges and histograms, summed when /metrics
+ * is scraped (SPEC 5, and 7 "metrics labels" and "admin extras").
  *
- * Thread: metrics_* counting calls from workers; metrics_render from the
- * admin thread.
+ * Counting takes no lock and does no shared atomic read-modify-write: each
+ * worker owns a table of series that only it writes, with relaxed atomic
+ * loads and stores (single writer), and the scrape reads every table with
+ * relaxed or acquire loads. A worker takes its table's lock only to add a
+ * series it has not counted before (the first request of a route and code,
+ * the first response of a target), so the scrape never reads a table being
+ * resized; the lock is otherwise only the scrape's. Threads without a
+ * worker (main, unit tests) share one table and take its lock to count.
+ *
+ * Thread: metrics_* counting calls from any thread (each into its own
+ * table); metrics_render from the admin thread (main).
  */
 #ifndef SLUICE_METRICS_H
 #define SLUICE_METRICS_H
@@ -15,8 +22,8 @@
 
 struct evbuffer;
 struct ops_record;
-struct target;
 struct thread_cache;
+struct metrics_gauge;
 
 /* Counts a finished exchange: requests_total{route,code}, duration histogram. */
 void metrics_exchange_done(const struct ops_record *r);
@@ -30,6 +37,17 @@ void metrics_connect_error(const char *upstream, const char *target);
 /* Counts a request a rate_limit filter refused: rate_limited_total{route}; NULL: no route. */
 void metrics_rate_limited(const char *route);
 
+/* Counts a TLS handshake that failed or timed out on `listener` (its configured address). */
+void metrics_tls_handshake_failed(const char *listener);
+
+/*
+ * rate_limit's Redis store: a decision it could not make, by `reason`
+ * ("unavailable", "timeout", "error", "connection_lost"): store_errors_total{reason};
+ * and the latency of a script call answered: store_duration_seconds.
+ */
+void metrics_rate_limit_store_error(const char *reason);
+void metrics_rate_limit_store_latency(int64_t us);
+
 /* Gauges: connections_active{protocol} ("http1", "h2", "websocket"), websocket_tunnels_active. */
 void metrics_connection_opened(const char *protocol);
 void metrics_connection_closed(const char *protocol);
@@ -39,7 +57,26 @@ void metrics_tunnel_closed(void);
 /* Counts a reload: config_reloads_total{result}. */
 void metrics_reload(bool ok);
 
-/* Appends the Prometheus text exposition of everything to `out`. */
+/*
+ * The calling thread's pool gauges for (upstream, target):
+ * upstream_pool_idle and upstream_pool_active. Looked up once per pool (a
+ * lock only when the series is new); the pool then moves them with
+ * metrics_pool_add from the same thread. Several pools of one thread (an
+ * old and a new configuration's) share the series and add their deltas.
+ * NULL when out of memory (metrics_pool_add ignores NULL).
+ */
+struct metrics_gauge *metrics_pool_gauge(const char *upstream, const char *target);
+void metrics_pool_add(struct metrics_gauge *g, int idle_delta, int open_delta);
+
+/*
+ * Where upstream_target_healthy{upstream,target} comes from: a function of
+ * a layer above (upstream/) that calls `fn` once per known target. Set once
+ * by main before the admin listener serves; NULL: the family is empty.
+ */
+typedef void metrics_health_fn(void *arg, const char *upstream, const char *target, bool healthy);
+void metrics_set_health_source(void (*each)(metrics_health_fn *fn, void *arg));
+
+/* Appends the Prometheus text exposition (format 0.0.4) of everything to `out`. */
 void metrics_render(struct evbuffer *out);
 
 /*

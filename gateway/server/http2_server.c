@@ -52,6 +52,7 @@
 
 /* Defences (ENHANCE_YOUR_CALM past these). */
 #define H2_MAX_RESETS_PER_SEC 100   /* rapid reset: RST_STREAM received or refused streams */
+#define H2_SEEN_IDS 512             /* odd stream ids remembered below the highest */
 #define H2_MAX_CONTROL_PER_SEC 1000 /* PING, SETTINGS, PRIORITY, empty DATA, unknown frames */
 #define H2_MAX_OUTBOUND_ACK 1000    /* queued SETTINGS/PING ACKs nghttp2 keeps for a non-reader */
 #define H2_MAX_SETTINGS 32          /* entries in one SETTINGS frame */
@@ -137,6 +138,10 @@ struct h2_conn {
     int64_t window_start_ms;
     unsigned resets;
     unsigned control_frames;
+    /* Client stream ids seen on HEADERS: the highest, and a bit for each of
+     * the H2_SEEN_IDS odd ids below it (RFC 9113 5.1.1, see on_begin_frame). */
+    int32_t max_client_sid;
+    uint64_t seen_ids[H2_SEEN_IDS / 64];
 };
 
 static const struct exchange_side_ops h2_ops;
@@ -568,6 +573,42 @@ static ssize_t on_send(nghttp2_session *session, const uint8_t *data, size_t len
     return (ssize_t)length;
 }
 
+/*
+ * Records a client stream id carried by HEADERS. False when the id is below
+ * the highest one seen and was never used: the client skipped it, which
+ * closed it (RFC 9113 5.1.1), and opening it now is a connection error of
+ * type PROTOCOL_ERROR. nghttp2 ignores such HEADERS instead. Ids seen
+ * before (trailers, a stream nghttp2 refused) and ids too far below to be
+ * remembered are left to nghttp2. Even ids are nghttp2's business too.
+ */
+static bool note_client_sid(struct h2_conn *h, int32_t sid)
+{
+    if (sid <= 0 || !(sid & 1))
+        return true;
+    if (sid > h->max_client_sid) {
+        int32_t shift = (sid - h->max_client_sid) / 2;
+        if (h->max_client_sid == 0 || shift >= H2_SEEN_IDS) {
+            memset(h->seen_ids, 0, sizeof h->seen_ids);
+        } else {
+            /* bit i stands for id max - 2 * i: move every bit up by `shift` */
+            for (int i = H2_SEEN_IDS - 1; i >= 0; i--) {
+                int from = i - shift;
+                bool bit = from >= 0 && (h->seen_ids[from / 64] >> (from % 64) & 1);
+                uint64_t mask = (uint64_t)1 << (i % 64);
+                h->seen_ids[i / 64] =
+                    bit ? h->seen_ids[i / 64] | mask : h->seen_ids[i / 64] & ~mask;
+            }
+        }
+        h->max_client_sid = sid;
+        h->seen_ids[0] |= 1;
+        return true;
+    }
+    int32_t i = (h->max_client_sid - sid) / 2;
+    if (i >= H2_SEEN_IDS)
+        return true;
+    return h->seen_ids[i / 64] >> (i % 64) & 1;
+}
+
 static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, void *user_data)
 {
     struct h2_conn *h = user_data;
@@ -590,6 +631,13 @@ static int on_begin_frame(nghttp2_session *session, const nghttp2_frame_hd *hd, 
         tick(h);
         if (++h->control_frames > H2_MAX_CONTROL_PER_SEC)
             calm_down(h, "control frame flood");
+    }
+    if (hd->type == NGHTTP2_HEADERS && !note_client_sid(h, hd->stream_id)) {
+        log_debug("http2: HEADERS on skipped stream %d from %s", (int)hd->stream_id,
+                  h->remote_addr);
+        nghttp2_session_terminate_session(session, NGHTTP2_PROTOCOL_ERROR);
+        schedule(h);
+        return 0;
     }
     if (hd->type == NGHTTP2_HEADERS) {
         struct h2_stream *s = nghttp2_session_get_stream_user_data(session, hd->stream_id);

@@ -90,6 +90,7 @@ struct h2_upstream_stream {
     bool drained;   /* the body buffer emptied: tell the owner after sending */
     bool refused;   /* the request could not be submitted */
     bool sent;      /* the request HEADERS went out */
+    bool queued;    /* over the upstream's stream limit at the cap: UPSTREAM_QUEUED told */
     bool head_done; /* the final response head arrived */
     bool paused;
     bool closed; /* nghttp2 closed or never opened it: no RST_STREAM */
@@ -171,7 +172,7 @@ static void unlink_from_pool(struct h2_session *s)
     if (s->next)
         s->next->prev = s->prev;
     s->next = s->prev = NULL;
-    p->num_open--;
+    pool_count_open(p, -1);
     s->pool = NULL;
     s->cfg = NULL;
 }
@@ -347,6 +348,17 @@ static void flush(struct h2_session *s)
     }
     if (s->dead)
         return;
+    /* Queued requests whose HEADERS just went out (on_frame_send) now wait for the head. */
+    for (struct h2_upstream_stream *st = s->streams, *next; st; st = next) {
+        next = st->next;
+        if (st->queued && st->sent) {
+            st->queued = false;
+            st->events->on_phase(st->owner, UPSTREAM_SENT);
+            if (s->dead)
+                return;
+            next = s->streams; /* the owner may have closed others */
+        }
+    }
     if (conn_flush(&s->conn) < 0) {
         session_fail(s, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream reset the connection");
         return;
@@ -772,7 +784,7 @@ static struct h2_session *session_new(struct event_base *base, struct target *t,
         p->h2->prev = s;
     p->h2 = s;
     p->close_sessions = close_sessions;
-    p->num_open++;
+    pool_count_open(p, 1);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     return s;
@@ -833,8 +845,16 @@ static struct upstream_stream *h2_open(struct target *t, const struct upstream_c
         log_error("out of memory");
         abort();
     }
+    /*
+     * A full session at max_connections: nghttp2 holds the HEADERS until a
+     * stream closes, and the request waits in that queue for at most
+     * connect_timeout_ms (SPEC 2.3), like an HTTP/1.1 request waiting for a
+     * connection. flush() tells the owner when the HEADERS go out.
+     */
+    bool full = s->connected && s->num_streams >= capacity(s);
     attach(s, st);
-    *phase = s->connected ? UPSTREAM_SENT : UPSTREAM_CONNECTING;
+    *phase = !s->connected ? UPSTREAM_CONNECTING : full ? UPSTREAM_QUEUED : UPSTREAM_SENT;
+    st->queued = full;
     if (s->connected)
         submit(s, st);
     schedule(s);

@@ -1,13 +1,15 @@
 #include "upstream/pool.h"
 #include "base/log.h"
+#include "ops/metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <event2/buffer.h>
 
-void pool_init(struct pool *p)
+void pool_init(struct pool *p, const char *upstream, const char *target)
 {
+    p->gauge = metrics_pool_gauge(upstream, target);
     p->idle = NULL;
     p->num_idle = 0;
     p->num_open = 0;
@@ -27,6 +29,13 @@ static void idle_unlink(struct upconn *uc)
         uc->next->prev = uc->prev;
     uc->next = uc->prev = NULL;
     p->num_idle--;
+    metrics_pool_add(p->gauge, -1, 0);
+}
+
+void pool_count_open(struct pool *p, int delta)
+{
+    p->num_open += (unsigned)delta;
+    metrics_pool_add(p->gauge, 0, delta);
 }
 
 static void wake_one(struct pool *p)
@@ -45,7 +54,7 @@ void pool_close_conn(struct upconn *uc)
         idle_unlink(uc);
     conn_close(&uc->conn);
     free(uc);
-    p->num_open--;
+    pool_count_open(p, -1);
     wake_one(p);
 }
 
@@ -94,7 +103,7 @@ struct upconn *pool_new_conn(struct pool *p, struct target *t)
     uc->conn.fd = -1;
     uc->pool = p;
     uc->target = t;
-    p->num_open++;
+    pool_count_open(p, 1);
     return uc;
 }
 
@@ -117,6 +126,7 @@ void pool_release(struct upconn *uc, int keepalive)
         p->idle->prev = uc;
     p->idle = uc;
     p->num_idle++;
+    metrics_pool_add(p->gauge, 1, 0);
     wake_one(p);
 }
 

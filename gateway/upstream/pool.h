@@ -23,6 +23,7 @@
 #include "net/conn.h"
 
 struct h2_session;
+struct metrics_gauge;
 struct pool;
 struct target;
 
@@ -55,9 +56,15 @@ struct pool {
     struct h2_session *h2; /* HTTP/2 connections (http2_client.c), counted in num_open */
     /* Closes the sessions in h2; set by the codec that keeps them there. NULL: none. */
     void (*close_sessions)(struct pool *p);
+    /* upstream_pool_idle/active{upstream,target} of this thread (ops/metrics); NULL: none. */
+    struct metrics_gauge *gauge;
 };
 
-void pool_init(struct pool *p);
+/* An empty pool whose counts show in /metrics under (upstream, target). */
+void pool_init(struct pool *p, const char *upstream, const char *target);
+
+/* Counts a connection opened (+1) or closed (-1) outside pool_new_conn/pool_close_conn (h2). */
+void pool_count_open(struct pool *p, int delta);
 
 /* Closes every idle connection and fails every waiter. Busy connections are
  * left to their exchanges, which close them when they end. HTTP/2 connections

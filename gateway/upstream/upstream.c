@@ -108,6 +108,20 @@ out:
     return h;
 }
 
+void upstream_health_each(void (*fn)(void *arg, const char *upstream, const char *target,
+                                     bool healthy),
+                          void *arg)
+{
+    int64_t now = upstream_now_ms();
+    pthread_mutex_lock(&health_mutex);
+    for (struct target_health *h = health_table; h; h = h->next) {
+        bool healthy = now >= atomic_load_explicit(&h->down_until_ms, memory_order_relaxed) &&
+                       !atomic_load_explicit(&h->active_down, memory_order_relaxed);
+        fn(arg, h->upstream, h->address, healthy);
+    }
+    pthread_mutex_unlock(&health_mutex);
+}
+
 void upstream_health_table_free(void)
 {
     pthread_mutex_lock(&health_mutex);
@@ -194,7 +208,7 @@ static struct target *add_target(struct upstream_rt *u, const struct target_conf
     t->active = true;
     t->config = tc;
     t->hash = balance_hash64(t->name, strlen(t->name));
-    pool_init(&t->pool);
+    pool_init(&t->pool, u->cfg->name, t->name);
     u->targets[u->num_targets++] = t;
     return t;
 fail:

@@ -87,6 +87,15 @@ bool target_is_healthy(const struct target *t);
 int64_t upstream_now_ms(void);
 
 /*
+ * Calls fn once per entry of the process-wide health table (every target
+ * seen since start), with whether it is healthy now; any thread (the admin
+ * thread's /metrics). The names are valid during the call only.
+ */
+void upstream_health_each(void (*fn)(void *arg, const char *upstream, const char *target,
+                                     bool healthy),
+                          void *arg);
+
+/*
  * Frees the process-wide target health table. Call once at exit, after
  * every upstream_rt is freed (their targets point into it).
  */

@@ -378,6 +378,29 @@ def request(port, method="GET", path="/", headers=None, body=None, timeout=10.0,
         conn.close()
 
 
+def keepalive_clients(ports, clients, per_client, path="/", timeout=180.0):
+    """`clients` concurrent clients spread over `ports` (round robin), each
+    sending `per_client` GETs on its own keep-alive connection; returns every
+    status, in no particular order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(i):
+        out = []
+        conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=30)
+        try:
+            for _ in range(per_client):
+                conn.request("GET", path)
+                r = conn.getresponse()
+                r.read()
+                out.append(r.status)
+        finally:
+            conn.close()
+        return out
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return [st for rs in pool.map(client, range(clients), timeout=timeout) for st in rs]
+
+
 def conn_request(conn, method="GET", path="/", headers=None, body=None):
     """One request on an existing http.client connection (keep-alive)."""
     conn.request(method, path, body=body, headers=headers or {})
@@ -613,3 +636,37 @@ class RssSampler:
     def __exit__(self, *exc):
         self.stop_evt.set()
         self.thread.join(2)
+
+
+# --------------------------------------------------------------------------
+# /metrics
+
+METRIC_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
+
+
+def parse_metrics(text: str):
+    """Prometheus text -> [(name, {label: value}, float)], comments skipped."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = METRIC_RE.match(line)
+        assert m, f"not Prometheus text: {line!r}"
+        labels = {k: re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
+                  for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"',
+                                         m.group(2) or "")}
+        out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def scrape_metrics(port):
+    """GET /metrics on the admin port, parsed (see parse_metrics)."""
+    r = request(port, "GET", "/metrics")
+    assert r.status == 200, r
+    return parse_metrics(r.body.decode())
+
+
+def metric_value(found, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`; None when there is none."""
+    vals = [v for n, l, v in found if n == name and all(l.get(k) == x for k, x in labels.items())]
+    return sum(vals) if vals else None

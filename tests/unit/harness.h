@@ -299,7 +299,7 @@ static inline void target_loopback(struct target *t, struct upstream_rt *rt, uns
     t->addrlen = sizeof *a;
     t->upstream = rt;
     snprintf(t->name, sizeof t->name, "127.0.0.1:%u", port);
-    pool_init(&t->pool);
+    pool_init(&t->pool, "test", t->name);
 }
 
 /* Opens the owner's request on T through CODEC and notes the first phase. */

@@ -577,6 +577,46 @@ static void test_shipped_files(void)
     }
 }
 
+/* The top-level "redis" and the filters that need it (issue 11). */
+static void test_redis(void)
+{
+#define RL_REDIS "{\"type\": \"rate_limit\", \"rate\": 5, \"store\": \"redis\"}"
+    /* A redis store without the section: one error per filter, at its "store". */
+    EXPECT("{" LISTEN ", \"filters\": [" RL_REDIS "], \"routes\": [{\"respond\": {}, "
+           "\"filters\": [{\"type\": \"rate_limit\", \"rate\": 1}, " RL_REDIS "]}]}",
+           "filters[0].store: needs a Redis server: add a top-level \"redis\": {\"address\": "
+           "\"HOST:PORT\"}, or use \"store\": \"local\"",
+           "routes[0].filters[1].store: needs a Redis server: add a top-level \"redis\": "
+           "{\"address\": \"HOST:PORT\"}, or use \"store\": \"local\"");
+    /* A present but wrong section has its own errors, not a second one per filter. */
+    EXPECT("{" LISTEN ", \"filters\": [" RL_REDIS "], \"routes\": [],"
+           " \"redis\": {\"address\": \"unix:run/redis.sock\", \"username\": \"gw\","
+           " \"database\": -1, \"timeout_ms\": 0}}",
+           "redis.address: invalid address \"unix:run/redis.sock\": a unix socket needs an "
+           "absolute path, e.g. \"unix:/run/redis/redis.sock\"",
+           "redis.username: needs \"password\" too: AUTH sends the user with its password",
+           "redis.database: must be a non-negative integer, not -1",
+           "redis.timeout_ms: must be a positive integer, not 0");
+
+    struct config_error err;
+    struct snapshot *s = load("{" LISTEN ", \"filters\": [" RL_REDIS "], \"routes\": [],"
+                              " \"redis\": {\"address\": \"unix:/run/redis.sock\","
+                              " \"username\": \"gw\", \"password\": \"pw\"}}",
+                              &err);
+    ok(s != NULL, "a unix socket and an ACL user load");
+    if (!s)
+        return print_errors(&err);
+    ok(s->redis.enabled && s->redis.used, "enabled and used");
+    is_str(s->redis.address, "unix:/run/redis.sock");
+    is_str(s->redis.username, "gw");
+    is_int(s->redis.timeout_ms, 1000);
+    snapshot_release(s);
+    s = load("{" LISTEN ", \"routes\": [], \"redis\": {\"address\": \"127.0.0.1:6379\"}}", &err);
+    ok(s && s->redis.enabled && !s->redis.used, "configured but unused: no connection");
+    snapshot_release(s);
+#undef RL_REDIS
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR");
@@ -591,6 +631,7 @@ int main(void)
     test_errors();
     test_not_available();
     test_filter_errors();
+    test_redis();
     test_syntax_and_files();
     test_regex_errors();
     test_redaction();

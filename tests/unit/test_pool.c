@@ -66,7 +66,7 @@ int main(void)
 {
     struct event_base *base = event_base_new();
     struct pool p;
-    pool_init(&p);
+    pool_init(&p, "test", "127.0.0.1:1");
 
     ok(pool_may_open(&p, 0), "no cap");
     ok(pool_may_open(&p, 2), "under the cap");

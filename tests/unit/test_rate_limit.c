@@ -230,14 +230,28 @@ static void test_options(void)
     ok(has_error("routes[0].filters[0].per: must be \"second\", \"minute\" or \"hour\""), "per");
     ok(has_error("routes[0].filters[0].burst: must be"), "burst");
     ok(has_error("routes[0].filters[0].key: \"header:a b\" needs a header name"), "key");
-    ok(has_error("routes[0].filters[0].store: the \"redis\" store is not available in this "
-                 "version"),
-       "redis refused");
     ok(has_error("routes[0].filters[0].on_store_error: must be \"allow\" or \"deny\""), "on_err");
     ok(has_error("rates"), "unknown key");
     ok(create("{\"burst\": 3}") == NULL && has_error(".rate: is required"), "rate required");
     const void *f = create("{\"rate\": 5, \"store\": \"local\", \"on_store_error\": \"deny\"}");
     ok(f != NULL, "valid");
+    ok(filter_rate_limit.needs_redis(f) == NULL, "the local store needs no redis");
+    filter_rate_limit.destroy(f);
+
+    /* The redis store: accepted, asks the loader for the top-level "redis". */
+    f = create("{\"rate\": 5, \"per\": \"minute\", \"store\": \"redis\"}");
+    ok(f != NULL, "redis store accepted");
+    is_str(filter_rate_limit.needs_redis(f), ".store");
+    filter_rate_limit.destroy(f);
+    /* Its script counts in doubles: burst x period in microseconds stays below 2^53. */
+    ok(create("{\"rate\": 1, \"per\": \"hour\", \"burst\": 2600000, \"store\": "
+              "\"redis\"}") == NULL,
+       "too large for redis");
+    ok(has_error("routes[0].filters[0].burst: 2600000 per hour is too large for the \"redis\" "
+                 "store, which counts in microseconds below 2^53: at most 2501999 per hour"),
+       "burst bound named");
+    f = create("{\"rate\": 1, \"per\": \"hour\", \"burst\": 2501999, \"store\": \"redis\"}");
+    ok(f != NULL, "the bound itself is fine");
     filter_rate_limit.destroy(f);
 }
 

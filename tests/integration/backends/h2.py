@@ -34,6 +34,8 @@ class H2Backend(ThreadedServer):
     /goaway-once    the first time: GOAWAY (last stream 0) and close; then answers
     /close          closes the connection without answering
     /silent         never answers
+    /stall-mid      head and a little body, then 3 s of silence, then the end
+    /no-status      a response HEADERS without :status (an invalid head)
     With `tls` (an ssl.SSLContext), connections are TLS and must agree on
     ALPN "h2". A HEAD request gets 200 with content-length 5 and no body. `max_streams`
     sets SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -126,6 +128,13 @@ class H2Backend(ThreadedServer):
             c.sock.shutdown(socket.SHUT_RDWR)
         elif name == "/silent":
             time.sleep(3)
+        elif name == "/stall-mid":
+            c.send_headers(sid, [(":status", "200")], end=False)
+            c.send_data(sid, b"partial", end=False)
+            time.sleep(3)
+            c.send_data(sid, b" and the rest", end=True)
+        elif name == "/no-status":
+            c.send_raw_headers(sid, b"\x00\x06x-test\x02ok")  # literal, no :status
         elif name == "/trailers-only":
             c.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
                                  ("grpc-status", "5"), ("grpc-message", "not found")], end=True)
@@ -248,6 +257,13 @@ class _Conn:
                         return
                 else:
                     self.cond.wait(5)
+
+    def send_raw_headers(self, sid, block):
+        """A HEADERS frame (END_HEADERS) with a block that bypasses h2's checks;
+        the block must not touch the dynamic table."""
+        frame = len(block).to_bytes(3, "big") + bytes([1, 4]) + sid.to_bytes(4, "big") + block
+        with self.cond:
+            self.sock.sendall(frame)
 
     def respond(self, sid, headers, body, trailers=None):
         self.send_headers(sid, headers, end=False if (body or trailers or body is None)
