@@ -27,6 +27,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,16 @@ WORKLOADS = [
          method="GET", path="/small", conns=50, body=2, chain="rl_local"),
     dict(id="rl_redis", label="small GET + rate_limit store redis, -c50", proto="h1",
          method="GET", path="/small", conns=50, body=2, chain="rl_redis"),
+    # TLS 1.3 (issue 13): one ECDSA P-256 certificate made by the harness for
+    # every target, the system OpenSSL everywhere; see tls_listen_*().
+    dict(id="tls_small", label="TLS 1.3 small GET (HTTP/1.1), -c50", proto="h1", tls=True,
+         method="GET", path="/small", conns=50, body=2),
+    dict(id="tls_h2small", label="TLS 1.3 HTTP/2 small GET, h2load -c10 -m5", proto="h2", tls=True,
+         method="GET", path="/small", conns=10, streams=5, body=2),
+    dict(id="tls_new", label="TLS 1.3 full handshakes (+1 GET each), s_time -new", proto="h1",
+         tls=True, handshake="new", method="GET", path="/small", conns=1, body=2),
+    dict(id="tls_resume", label="TLS 1.3 resumed handshakes (ticket, +1 GET each), s_time -reuse",
+         proto="h1", tls=True, handshake="reuse", method="GET", path="/small", conns=1, body=2),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
@@ -85,6 +96,8 @@ SYSCALL_COUNTS["small-log"] = SYSCALL_COUNTS["small"]
 # Why a target has no small-log cell.
 NO_LOG = {"direct": "the backend alone is not the proxy under test",
           "haproxy": "HAProxy writes its log only through syslog"}
+INSTR_COUNTS.update({"tls_small": (2000, 200), "tls_h2small": (2000, 200)})
+SYSCALL_COUNTS.update({"tls_small": 20000, "tls_h2small": 20000})
 # Filter chains: which sluice filter types each needs (to say why a cell is
 # n/a while the binary lacks one), and why a target cannot take part.
 CHAINS = {
@@ -103,9 +116,13 @@ for _wl in ("rl_local", "rl_redis"):
 # The basic-auth chain is not counted with a fixed request count: nginx and
 # HAProxy run bcrypt (about 50 ms) on every request, 50 times slower under
 # valgrind, so those cells would take most of the run's time budget.
-UNCOUNTED = {"basic": "bcrypt on every request at the peers: only throughput and CPU are measured"}
+UNCOUNTED = {"basic": "bcrypt on every request at the peers: only throughput and CPU are measured",
+             "tls_new": "a handshake is OpenSSL's work: handshakes/s and CPU µs per handshake only",
+             "tls_resume": "a handshake is OpenSSL's work: handshakes/s and CPU µs per handshake only"}
 # Never reached: the limit filters do their bookkeeping on every request.
 RATE = 1000000
+# openssl s_time processes at once in the handshake workloads (each is sequential)
+TLS_CLIENTS = 8
 
 
 class BenchError(Exception):
@@ -284,9 +301,20 @@ def rss_kib(pids):
     return total
 
 
+def client_tls():
+    """The probes' TLS: 1.3 only, the harness's self-signed certificate unchecked."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
 def probe(port, wl, timeout=10, headers=None):
     """One request with http.client; raise BenchError unless 200 + right body size."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if wl.get("tls"):
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=client_tls())
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         body = b"a" * 1048576 if wl["method"] == "POST" else None
         hdrs = {"Content-Type": "application/octet-stream"} if body else {}
@@ -372,6 +400,21 @@ def make_basic_credentials(d):
                 bad_label="wrong password")
 
 
+def make_tls_cert(d):
+    """One ECDSA P-256 certificate for every target (HAProxy wants cert and key
+    in one file)."""
+    cert, key, both = (os.path.join(d, x) for x in ("tls-cert.pem", "tls-key.pem", "tls-both.pem"))
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    if r.returncode != 0:
+        raise BenchError(f"openssl req failed: {r.stdout.decode(errors='replace')[-200:]}")
+    with open(both, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return dict(cert=cert, key=key, both=both)
+
+
 def to_ms(v, unit):
     v = float(v)
     return {"us": v / 1000, "ms": v, "s": v * 1000, "m": v * 60000}.get(unit, float("nan"))
@@ -434,8 +477,13 @@ NGINX_FORWARDED = """      proxy_set_header Host $http_host;
 """
 
 
-def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, log=False):
-    zone, loc = "", ""
+def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, log=False, tls=None):
+    zone, loc, ssl_conf = "", "", ""
+    if tls:
+        ssl_conf = f"""    ssl_certificate {tls['cert']};
+    ssl_certificate_key {tls['key']};
+    ssl_protocols TLSv1.3;
+"""
     if chain == "basic":
         # limit_req runs in nginx's preaccess phase, auth_basic in the access
         # phase after it; both run on every request. The burst is never used up.
@@ -461,8 +509,8 @@ def nginx_proxy_conf(d, port, backend, h2, master=True, chain=None, cr=None, log
     keepalive_timeout 60s;
   }}
   server {{
-    listen 127.0.0.1:{port}{' http2' if h2 else ''} backlog=4096;
-    location / {{
+    listen 127.0.0.1:{port}{' ssl' if tls else ''}{' http2' if h2 else ''} backlog=4096;
+{ssl_conf}    location / {{
       proxy_pass http://b;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -509,8 +557,11 @@ def haproxy_chain(chain, cr):
     raise BenchError(f"HAProxy has no configuration for the {chain} chain")
 
 
-def haproxy_conf(port, backend, h2, chain=None, cr=None):
+def haproxy_conf(port, backend, h2, chain=None, cr=None, tls=None):
     sections, fe = haproxy_chain(chain, cr)
+    bind = " proto h2" if h2 else ""
+    if tls:
+        bind = f" ssl crt {tls['both']} ssl-min-ver TLSv1.3 alpn {'h2,http/1.1' if h2 else 'http/1.1'}"
     return f"""global
     nbthread 1
     maxconn 8000
@@ -525,11 +576,11 @@ defaults
     timeout http-keep-alive 120s
 
 {sections}frontend fe
-    bind 127.0.0.1:{port}{' proto h2' if h2 else ''}
+    bind 127.0.0.1:{port}{bind}
 {fe}    option forwardfor
     unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid
     unique-id-header X-Request-Id
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto {'https' if tls else 'http'}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-response set-header X-Request-Id %[unique-id]
     default_backend be
@@ -552,10 +603,14 @@ def sluice_filters(chain, cr):
     raise BenchError(f"sluice has no configuration for the {chain} chain")
 
 
-def sluice_conf(port, backend, h2, chain=None, cr=None, log_path=None):
+def sluice_conf(port, backend, h2, chain=None, cr=None, log_path=None, tls=None):
     import json
     lst = {"address": f"127.0.0.1:{port}"}
-    if h2:
+    if tls:
+        lst["tls"] = {"certificates": [{"cert": tls["cert"], "key": tls["key"]}],
+                      "protocols": ["h2", "http/1.1"] if h2 else ["http/1.1"],
+                      "min_version": "TLSv1.3"}
+    elif h2:
         lst["protocols"] = ["h2c", "http/1.1"]
     route = {"match": {"prefix": "/"}, "upstream": "b"}
     if chain is not None:
@@ -584,6 +639,7 @@ class Bench:
         self.cell_no = 0
         self.raw = []        # per-cell rows
         self.instr = {}      # (wl, target) -> value or error string
+        self.instr_rows = []  # the I refs behind each instr/req (instr.csv)
         self.sysc = {}
         self.idle = {}       # target -> dict
         self.notes = []      # failures worth reporting
@@ -596,6 +652,7 @@ class Bench:
         self.chain_ok = {}   # chain -> (status, reason) from sluice -t, or None when accepted
         self.enforce = {}    # (workload, target) -> what the probes without valid credentials got
         self.skipped = []    # (workload label, target, reason) of the n/a cells
+        self.tls, self.tls_err = None, "no certificate"  # make_tls_cert() for the TLS workloads
 
     # ---- backend
     def start_backend(self):
@@ -679,6 +736,14 @@ class Bench:
             return ("n/a", "sluice has no HTTP/2 (h2c) listener yet")
         if wl.get("log") and target in NO_LOG:
             return ("n/a", NO_LOG[target])
+        if wl.get("tls"):
+            if target == "direct":
+                return ("n/a", "the backend has no TLS listener")
+            if self.tls is None:
+                return ("error", self.tls_err)
+            if counting and wl["id"] in UNCOUNTED:
+                return ("n/a", UNCOUNTED[wl["id"]])
+            return None
         chain = wl.get("chain")
         if chain is None:
             return None
@@ -720,8 +785,9 @@ class Bench:
         got.append(f"valid: {st}{extra}")
         self.enforce[(wl["id"], target)] = "; ".join(got)
 
-    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None, log=False):
+    def start_target(self, target, h2=False, valgrind=None, tag="", chain=None, log=False, tls=False):
         """Start a fresh proxy; return (Proc or None, port). direct -> backend."""
+        tls = self.tls if tls else None
         if target == "direct":
             return None, (self.bh2port if h2 else self.bport)
         cr = self.creds.get(chain)
@@ -738,18 +804,18 @@ class Bench:
             conf = os.path.join(d, "nginx.conf")
             with open(conf, "w") as f:
                 f.write(nginx_proxy_conf(d, port, self.bport, h2, master=not valgrind, chain=chain, cr=cr,
-                                         log=log))
+                                         log=log, tls=tls))
             argv = [self.a.nginx, "-e", f"{d}/error.log", "-p", d, "-c", conf]
         elif target == "haproxy":
             conf = os.path.join(d, "haproxy.cfg")
             with open(conf, "w") as f:
-                f.write(haproxy_conf(port, self.bport, h2, chain, cr))
+                f.write(haproxy_conf(port, self.bport, h2, chain, cr, tls))
             argv = [self.a.haproxy, "-db", "-f", conf]
         elif target == "sluice":
             conf = os.path.join(d, "sluice.json")
             with open(conf, "w") as f:
                 f.write(sluice_conf(port, self.bport, h2, chain, cr,
-                                    os.path.join(d, "access.log") if log else None))
+                                    os.path.join(d, "access.log") if log else None, tls))
             argv = [self.a.sluice, "-c", conf]
         else:
             raise ValueError(target)
@@ -805,12 +871,15 @@ class Bench:
         tag = f"-{wl['id']}-r{rnd}"
         try:
             p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
-                                        log=wl.get("log", False))
+                                        log=wl.get("log", False), tls=wl.get("tls"))
             pids = p.tree() if p else self.backend.tree()
             raw = os.path.join(self.out, "logs", f"{target}{tag}")
             if wl.get("chain"):
                 self.enforce_probe(port, wl, target)
-            if wl["proto"] == "h1":
+            if wl.get("handshake"):
+                probe(port, wl)
+                res = self.s_time(port, wl, pids, raw)
+            elif wl["proto"] == "h1":
                 probe(port, wl, headers=self.auth_headers(wl))
                 res = self.wrk(port, wl, pids, raw)
             else:
@@ -826,9 +895,12 @@ class Bench:
             self.stop_target(p)
         return row
 
+    def url(self, port, wl):
+        return f"{'https' if wl.get('tls') else 'http'}://127.0.0.1:{port}{wl['path']}"
+
     def wrk(self, port, wl, pids, raw):
         a = self.a
-        url = f"http://127.0.0.1:{port}{wl['path']}"
+        url = self.url(port, wl)
         base = ["wrk", "-t1", f"-c{wl['conns']}", "--timeout", "5s"]
         for k, v in self.auth_headers(wl).items():
             base += ["-H", f"{k}: {v}"]
@@ -862,13 +934,65 @@ class Bench:
                     requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
                     cpu_us_per_req=round(1e6 * cpu_s / n, 2))
 
+    def s_time(self, port, wl, pids, raw):
+        """TLS 1.3 handshakes: TLS_CLIENTS `openssl s_time` processes at once,
+        each connecting one connection after the other, each connection with
+        one GET (HTTP/1.0, so the proxy closes): `-new` (full handshakes) or
+        `-reuse` (resumed with the ticket of its first connection). s_time
+        prints `*` for a full handshake and `r` for a resumed one; a resumed
+        cell fails if fewer than 99 % were resumed, a full one if any was."""
+        a = self.a
+        base = ["taskset", "-c", self.lcpu, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
+                "-tls1_3", "-www", wl["path"], f"-{wl['handshake']}"]
+
+        def clients(secs, name):
+            outs = [raw + f"{name}-{i}.txt" for i in range(TLS_CLIENTS)]
+            procs = []
+            for o in outs:
+                with open(o, "w") as f:
+                    procs.append(subprocess.Popen(base + ["-time", str(secs)], stdout=f,
+                                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            try:
+                rcs = [pr.wait(secs + 20) for pr in procs]
+            except subprocess.TimeoutExpired:
+                raise BenchError("openssl s_time did not finish in time")
+            finally:
+                for pr in procs:
+                    if pr.poll() is None:
+                        pr.kill()
+                        pr.wait(10)
+            return rcs, [open(o, errors="replace").read() for o in outs]
+
+        clients(a.warmup, "-warmup")
+        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        rcs, outs = clients(a.duration, "")
+        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        n = full = resumed = 0
+        for rc, out in zip(rcs, outs):
+            m = re.search(r"(\d+) connections in [\d.]+s;", out)
+            by = re.search(r"(\d+) bytes read per connection", out)
+            if rc != 0 or not m or not by or int(by.group(1)) == 0:
+                raise BenchError(f"openssl s_time exited {rc}: {out.strip()[-300:]}")
+            n += int(m.group(1))
+            marks = "".join(re.findall(r"^[*r]+$", out.split("Now timing with session id reuse.")[-1], re.M))
+            full, resumed = full + marks.count("*"), resumed + marks.count("r")
+        if n == 0:
+            raise BenchError("s_time: no connections")
+        if wl["handshake"] == "reuse" and resumed < 0.99 * (full + resumed):
+            raise BenchError(f"s_time -reuse: only {resumed} of {full + resumed} handshakes resumed")
+        if wl["handshake"] == "new" and resumed:
+            raise BenchError(f"s_time -new: {resumed} handshakes were resumed")
+        cpu_s = (c1 - c0) / CLK_TCK
+        return dict(rps=round(n / (t1 - t0), 1), requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
+                    cpu_us_per_req=round(1e6 * cpu_s / n, 2))
+
     def h2load(self, port, wl, pids, raw):
         a = self.a
-        url = f"http://127.0.0.1:{port}{wl['path']}"
+        url = self.url(port, wl)
         base = ["h2load", "-t1", f"-c{wl['conns']}", f"-m{wl['streams']}"]
         rc, out = run(["h2load", "-n10", "-c1", url], 15, self.lcpu, raw + "-probe.txt")
         if not re.search(r"requests: 10 total, 10 started, 10 done, 10 succeeded", out):
-            raise BenchError(f"h2c probe failed: {out.strip()[-300:]}")
+            raise BenchError(f"h2 probe failed: {out.strip()[-300:]}")
         run(base + [f"-D{a.warmup}", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
         logf = raw + "-requests.tsv"
         t0, c0 = time.monotonic(), cpu_ticks(pids)
@@ -905,8 +1029,8 @@ class Bench:
     def load_fixed(self, port, wl, n, raw, timeout):
         """Exactly n requests: HTTP/1.1 keep-alive (h2load --h1 -c10) for the h1
         workloads; h2c with prior knowledge and the workload's own -c/-m
-        (h2load -c10 -m5) for the HTTP/2 one."""
-        url = f"http://127.0.0.1:{port}{wl['path']}"
+        (h2load -c10 -m5) for the HTTP/2 one. TLS 1.3 for the TLS workloads."""
+        url = self.url(port, wl)
         if wl["proto"] == "h2":
             argv = ["h2load", "-t1", f"-n{n}", f"-c{min(wl['conns'], n)}", f"-m{wl['streams']}"]
         else:
@@ -918,11 +1042,13 @@ class Bench:
         rc, out = run(argv + [url], timeout, self.lcpu, raw)
         req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
         st = re.search(r"status codes: (\d+) 2xx", out)
-        proto_ok = wl["proto"] != "h2" or "Application protocol: h2c" in out
+        alpn = ("h2" if wl.get("tls") else "h2c") if wl["proto"] == "h2" else "http/1.1"
+        proto_ok = ((wl["proto"] != "h2" and not wl.get("tls")) or f"Application protocol: {alpn}\n" in out) \
+            and (not wl.get("tls") or "TLS Protocol: TLSv1.3" in out)
         if rc != 0 or not req or int(req.group(4)) != n or not st or int(st.group(1)) != n or not proto_ok:
             what = f"h2load h2c -c{wl['conns']} -m{wl['streams']}" if wl["proto"] == "h2" else "h2load --h1"
             raise BenchError(f"{what} -n{n}: exit {rc}: "
-                             + ("" if proto_ok else "not h2c; ")
+                             + ("" if proto_ok else f"not {alpn}{' over TLS 1.3' if wl.get('tls') else ''}; ")
                              + (req.group(0) if req else out.strip()[-200:])
                              + (f"; {st.group(0)}" if st else ""))
 
@@ -932,16 +1058,19 @@ class Bench:
         if self.a.quick:
             n_full, n_base = n_full // 2, n_base // 2
         irefs = {}
-        for n in (n_base, n_full):
+        # --instr-zero: also a run with no request at all, the other common
+        # subtraction, to check the yardstick (see bench/README.md)
+        for n in (n_base, n_full) + ((0,) if self.a.instr_zero else ()):
             tag = f"-instr-{wl['id']}-n{n}"
             vlog = os.path.join(self.out, "logs", f"{target}{tag}.valgrind.txt")
             if os.path.exists(vlog):
                 os.unlink(vlog)
             p, port = self.start_target(target, h2=h2, valgrind=vlog, tag=tag, chain=wl.get("chain"),
-                                        log=wl.get("log", False))
+                                        log=wl.get("log", False), tls=wl.get("tls"))
             try:
-                self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
-                                  timeout=300)
+                if n:
+                    self.load_fixed(port, wl, n, os.path.join(self.out, "logs", f"{target}{tag}.h2load.txt"),
+                                    timeout=300)
             finally:
                 rc = self.stop_target(p, timeout=60)
             try:
@@ -953,7 +1082,14 @@ class Bench:
                 raise BenchError(f"no cachegrind summary (exit {rc}; see {os.path.basename(vlog)}): "
                                  f"{tail(vlog)}")
             irefs[n] = int(m.group(1).replace(",", ""))
-        return round((irefs[n_full] - irefs[n_base]) / (n_full - n_base))
+        per_req = round((irefs[n_full] - irefs[n_base]) / (n_full - n_base))
+        row = dict(workload=wl["id"], target=target, n=n_full, n_base=n_base, irefs_n=irefs[n_full],
+                   irefs_base=irefs[n_base], instr_per_req=per_req, irefs_zero="", zero_per_req="")
+        if 0 in irefs:
+            row.update(irefs_zero=irefs[0], zero_per_req=round((irefs[n_full] - irefs[0]) / n_full))
+            log(f"  {wl['id']:8} {target:8} (I(N) - I(0)) / N = {row['zero_per_req']}")
+        self.instr_rows.append(row)
+        return per_req
 
     def syscalls(self, wl, target):
         n = SYSCALL_COUNTS[wl["id"]]
@@ -962,7 +1098,7 @@ class Bench:
         tag = f"-sys-{wl['id']}"
         logs = os.path.join(self.out, "logs")
         p, port = self.start_target(target, h2=wl["proto"] == "h2", tag=tag, chain=wl.get("chain"),
-                                    log=wl.get("log", False))
+                                    log=wl.get("log", False), tls=wl.get("tls"))
         tracer = None
         try:
             # warm the upstream pool first, then attach to the process tree
@@ -1032,6 +1168,12 @@ class Bench:
         self.start_backend()
         targets, wls = a.targets, [WL[w] for w in a.workloads]
         self.prepare_chains(wls)
+        if any(wl.get("tls") for wl in wls):
+            try:
+                self.tls = make_tls_cert(self.tmp)
+                log("TLS: ECDSA P-256 certificate ready")
+            except (BenchError, OSError, subprocess.SubprocessError) as e:
+                self.tls_err = f"no certificate: {e}"
         log(f"throughput: {a.rounds} round(s) x {len(wls)} workloads x {len(targets)} targets, "
             f"{a.duration}s each (+{a.warmup}s warm-up)")
         for rnd in range(1, a.rounds + 1):
@@ -1056,6 +1198,11 @@ class Bench:
                         self.notes.append(f"{target} / instructions / {wl['label']}: {e}")
                     self.instr[(wl["id"], target)] = v
                     log(f"  {wl['id']:8} {target:8} {v} instr/req")
+            if self.instr_rows:
+                with open(os.path.join(self.out, "instr.csv"), "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(self.instr_rows[0]))
+                    w.writeheader()
+                    w.writerows(self.instr_rows)
         if not a.no_syscalls:
             log(f"syscalls per request ({a.syscall_tool}, fixed request count)")
             for wl in wls:
@@ -1149,12 +1296,14 @@ def parse_args(argv):
     ap.add_argument("--workloads", default=",".join([w["id"] for w in WORKLOADS] + ws_bench.IDS))
     ap.add_argument("--idle-conns", type=int, default=5000)
     ap.add_argument("--no-instr", action="store_true", help="skip the cachegrind cells")
+    ap.add_argument("--instr-zero", action="store_true",
+                    help="cachegrind cells: also run with 0 requests; log (I(N)-I(0))/N as a check")
     ap.add_argument("--no-syscalls", action="store_true", help="skip the syscall-count cells")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-connection cells")
     ap.add_argument("--syscall-tool", choices=["perf", "strace"], default=None)
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
-    ap.add_argument("--max-seconds", type=int, default=1500, help="hard limit for the whole run")
+    ap.add_argument("--max-seconds", type=int, default=2400, help="hard limit for the whole run")
     ap.add_argument("--sluice", required=True)
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")

@@ -182,6 +182,17 @@ def targets(b, rows):
         p = best("h2small", "instr_per_req", lowest=True)
         add("HTTP/2 small GET: instructions/req vs the best peer", "h2small", "instr_per_req", p,
             "<=", 1.0, "instr", ref_label=f"{TARGET_NAMES.get(p, '—')} (lowest instr/req)")
+    # TLS 1.3 (issue 13): CPU per keep-alive request at most 0.8x the better
+    # peer's; handshakes at least at parity (CPU per handshake: the rate is
+    # bound by the clients' CPU, see bench/README.md)
+    for wl, what, limit in (("tls_small", "TLS small GET (HTTP/1.1)", 0.8),
+                            ("tls_h2small", "TLS small GET (h2)", 0.8),
+                            ("tls_new", "TLS full handshake", 1.0),
+                            ("tls_resume", "TLS resumed handshake", 1.0)):
+        if wl in wls:
+            p = best(wl, "cpu_us_per_req", lowest=True)
+            add(f"{what}: CPU µs/req vs the better peer", wl, "cpu_us_per_req", p, "<=", limit,
+                "CPU/req", ref_label=f"{TARGET_NAMES.get(p, '—')} (lowest CPU/req)")
     return out
 
 
@@ -272,7 +283,8 @@ def write(b):
              "(see Targets below). CPU columns for *direct* (in parentheses) are the backend nginx's, "
              "which shares its CPU with the load generator. instr/req and syscalls/req are measured with "
              "a fixed request count: HTTP/1.1 keep-alive (h2load --h1 -c10) for the HTTP/1 rows, h2c "
-             "(h2load -c10 -m5) for the HTTP/2 row; see bench/README.md.")
+             "(h2load -c10 -m5) for the HTTP/2 row, the same over TLS 1.3 for the keep-alive TLS rows; "
+             "the handshake rows are not counted; see bench/README.md.")
     if b.idle:
         L.append("")
         L.append(f"### {a.idle_conns} idle keep-alive client connections (each made one request)")

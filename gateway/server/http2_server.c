@@ -387,8 +387,10 @@ static void h2_send_head(struct exchange *x)
     bool tunnel = s->websocket && status == 101;
     if (tunnel)
         status = 200; /* RFC 8441 5: the upstream's 101 is the client's 2xx */
-    char *code = arena_alloc(x->arena, 4);
-    snprintf(code, 4, "%03d", status);
+    char *code = arena_alloc(x->arena, 3);
+    code[0] = (char)('0' + status / 100);
+    code[1] = (char)('0' + status / 10 % 10);
+    code[2] = (char)('0' + status % 10);
     nva[n++] = make_nv((uint8_t *)":status", 7, slice_make(code, 3));
     bool drop_length = status == 204 || status < 200;
     for (size_t i = 0; i < l->count; i++) {
@@ -400,7 +402,11 @@ static void h2_send_head(struct exchange *x)
         if (tunnel && (slice_ieq(name, SLICE_LIT("Sec-WebSocket-Accept")) ||
                        slice_ieq(name, SLICE_LIT("Upgrade"))))
             continue; /* the key was the gateway's; HTTP/2 has no Upgrade */
-        nva[n++] = make_nv(lower_name(x->arena, name), name.len, l->items[i].value);
+        nva[n] = make_nv(lower_name(x->arena, name), name.len, l->items[i].value);
+        /* A value new on every response would only churn the HPACK table. */
+        if (slice_ieq(name, SLICE_LIT("X-Request-Id")))
+            nva[n].flags = NGHTTP2_NV_FLAG_NO_INDEX;
+        n++;
     }
     nghttp2_data_provider dp = {.source.ptr = s, .read_callback = on_read_data};
     s->has_provider = !x->resp_no_body || tunnel;

@@ -293,7 +293,11 @@ static void submit(struct h2_session *s, struct h2_upstream_stream *st)
     for (size_t i = 0; i < h->count; i++) {
         if (forbidden_field(&h->items[i]))
             continue;
-        nva[n++] = make_nv(lower_copy(rq->arena, h->items[i].name), h->items[i].value);
+        nva[n] = make_nv(lower_copy(rq->arena, h->items[i].name), h->items[i].value);
+        /* A value new on every request would only churn the HPACK table. */
+        if (slice_ieq(h->items[i].name, SLICE_LIT("X-Request-Id")))
+            nva[n].flags = NGHTTP2_NV_FLAG_NO_INDEX;
+        n++;
     }
     /* RFC 9113 8.2.2: HTTP/2 carries TE only as "trailers", which gRPC requires. */
     if (rq->te_trailers)

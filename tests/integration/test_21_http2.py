@@ -531,6 +531,26 @@ def test_early_answers_do_not_leak_the_connection_window(sluice, backend):
 # responses
 
 
+def test_request_id_is_a_never_indexed_field(sluice, backend):
+    """The X-Request-Id value is new on every response: as a never-indexed
+    literal it stays out of the HPACK dynamic table, where it would only push
+    out the fields that repeat; those stay indexable."""
+    import hpack
+    b = backend("b")
+    s = gateway(sluice, b)
+    with H2Client(s.port) as c:
+        sts = [c.request("GET", f"/r{i}") for i in range(3)]
+    ids = set()
+    for st in sts:
+        assert st.status == "200", st.status
+        rid = [f for f in st.headers if f[0] == "x-request-id"]
+        assert len(rid) == 1 and isinstance(rid[0], hpack.NeverIndexedHeaderTuple), st.headers
+        ids.add(rid[0][1])
+        other = [f for f in st.headers if f[0] == "x-backend"]
+        assert other and not isinstance(other[0], hpack.NeverIndexedHeaderTuple), st.headers
+    assert len(ids) == 3
+
+
 def test_head_and_204_have_no_body(sluice, backend):
     b = backend("b")
     s = gateway(sluice, b)

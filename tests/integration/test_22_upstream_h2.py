@@ -110,6 +110,8 @@ def test_request_fields_and_pseudo_headers(sluice, h2_backend):
     assert h["content-length"] == "1000"
     assert got["body_length"] == 1000
     assert r.header("x-request-id")
+    # new on every request: kept out of the upstream connection's HPACK table
+    assert b.never_indexed == {"x-request-id"}, b.never_indexed
 
 
 def test_content_length_response_passes_and_drops_trailers(sluice, h2_backend):

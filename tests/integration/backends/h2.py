@@ -14,6 +14,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from backends.server import ThreadedServer
 
@@ -48,6 +49,7 @@ class H2Backend(ThreadedServer):
         self.refused = set()
         self.max_streams = 0
         self.resets = 0  # RST_STREAM frames received from the gateway
+        self.never_indexed = set()  # field names the gateway sent as never-indexed HPACK literals
         self.first_chunk = threading.Event()
         self._start()
 
@@ -188,6 +190,8 @@ class _Conn:
             open_now = len(self.streams)
             with self.backend.lock:
                 self.backend.max_streams = max(self.backend.max_streams, open_now)
+                self.backend.never_indexed.update(
+                    f[0] for f in ev.headers if isinstance(f, hpack.NeverIndexedHeaderTuple))
             if ev.stream_ended:
                 self._start(ev.stream_id)
         elif isinstance(ev, h2.events.DataReceived):
