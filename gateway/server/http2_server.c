@@ -590,13 +590,17 @@ static bool note_client_sid(struct h2_conn *h, int32_t sid)
         if (h->max_client_sid == 0 || shift >= H2_SEEN_IDS) {
             memset(h->seen_ids, 0, sizeof h->seen_ids);
         } else {
-            /* bit i stands for id max - 2 * i: move every bit up by `shift` */
-            for (int i = H2_SEEN_IDS - 1; i >= 0; i--) {
-                int from = i - shift;
-                bool bit = from >= 0 && (h->seen_ids[from / 64] >> (from % 64) & 1);
-                uint64_t mask = (uint64_t)1 << (i % 64);
-                h->seen_ids[i / 64] =
-                    bit ? h->seen_ids[i / 64] | mask : h->seen_ids[i / 64] & ~mask;
+            /* bit i stands for id max - 2 * i: move every bit up by `shift`, a word at a time */
+            int words = shift / 64, bits = shift % 64;
+            for (int w = H2_SEEN_IDS / 64 - 1; w >= 0; w--) {
+                int from = w - words;
+                uint64_t v = 0;
+                if (from >= 0) {
+                    v = h->seen_ids[from] << bits;
+                    if (bits && from > 0)
+                        v |= h->seen_ids[from - 1] >> (64 - bits);
+                }
+                h->seen_ids[w] = v;
             }
         }
         h->max_client_sid = sid;
