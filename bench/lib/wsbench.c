@@ -82,10 +82,10 @@ static void nonblock(int fd)
 
 struct sconn {
     int fd;
-    int open;            /* handshake done */
-    char *in;            /* unparsed input */
+    int open; /* handshake done */
+    char *in; /* unparsed input */
     size_t in_len, in_cap;
-    char *out;           /* output not yet written */
+    char *out; /* output not yet written */
     size_t out_len, out_cap;
     uint64_t stream_left; /* bytes of the stream buffer still to write */
     uint64_t stream_off;
@@ -369,7 +369,8 @@ static void io_all(int fd, void *p, size_t n, int writing)
             continue;
         }
         if (r <= 0)
-            die("%s: %s", writing ? "write" : "read", r < 0 ? strerror(errno) : "the tunnel closed");
+            die("%s: %s", writing ? "write" : "read",
+                r < 0 ? strerror(errno) : "the tunnel closed");
         c += r;
         n -= (size_t)r;
     }
@@ -408,8 +409,7 @@ static int ws_connect(int port)
         have += (size_t)r;
     }
     head[have] = 0;
-    if (strncmp(head, "HTTP/1.1 101", 12) != 0 ||
-        !strstr(head, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
+    if (strncmp(head, "HTTP/1.1 101", 12) != 0 || !strstr(head, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="))
         die("upgrade refused: %.80s", head);
     return fd;
 }
