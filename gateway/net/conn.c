@@ -249,10 +249,43 @@ static int tls_write(struct conn *c)
     }
 }
 
+/* tls_read_some's outcome, besides an errno (> 0). */
+enum { TLS_READ_MORE = 0, TLS_READ_WAIT = -1, TLS_READ_EOF = -2 };
+
 /*
- * Reads through TLS into reserved space like the plain path, but keeps
- * going while OpenSSL holds decrypted bytes: the kernel would not wake us
- * for them.
+ * One SSL_read_ex into buf. Returns the bytes read; on failure it returns 0
+ * and sets *st to TLS_READ_WAIT (would block, or wants to write),
+ * TLS_READ_EOF or an errno.
+ */
+static size_t tls_read_some(struct conn *c, char *buf, size_t len, int *st)
+{
+    size_t n = 0;
+    ERR_clear_error();
+    if (SSL_read_ex(c->ssl, buf, len, &n))
+        return n;
+    int e = SSL_get_error(c->ssl, 0);
+    *st = TLS_READ_WAIT;
+    if (e == SSL_ERROR_WANT_WRITE) {
+        c->tls_read_write = true;
+        tls_update_wev(c);
+    } else if (e == SSL_ERROR_ZERO_RETURN) {
+        *st = TLS_READ_EOF;
+    } else if (e != SSL_ERROR_WANT_READ) {
+        *st = tls_error(c, e);
+    }
+    return 0;
+}
+
+/*
+ * Reads through TLS like the plain path: small reads into stack space and
+ * copied (see CONN_SMALL_READ), larger ones into reserved space. With
+ * read-ahead (tls.c) one read() takes in what the kernel holds (up to
+ * OpenSSL's buffer), so a small read goes on only while OpenSSL holds
+ * bytes (SSL_has_pending: a record still encrypted, or decrypted bytes not
+ * yet taken), which the kernel would not wake us for; it does not read
+ * again only to see EAGAIN, as the level-triggered read event comes back
+ * if the kernel has more. A bulk read goes on up to CONN_READ_SIZE, and
+ * past it while OpenSSL holds bytes.
  */
 static void tls_on_read(struct conn *c)
 {
@@ -272,47 +305,52 @@ static void tls_on_read(struct conn *c)
         return;
     }
     size_t total = 0;
-    int err = 0;
-    bool eof = false, more = true;
-    while (more) {
-        struct evbuffer_iovec vec[2];
-        int nvec = evbuffer_reserve_space(c->in, CONN_READ_SIZE, vec, 2);
-        if (nvec <= 0) {
-            err = ENOMEM;
-            break;
+    int st = TLS_READ_MORE;
+    if (!c->bulk && evbuffer_get_length(c->in) == 0) {
+        char buf[CONN_READ_SIZE];
+        size_t used = 0;
+        while (st == TLS_READ_MORE && used < sizeof buf) {
+            used += tls_read_some(c, buf + used, sizeof buf - used, &st);
+            if (!SSL_has_pending(c->ssl))
+                break;
         }
-        size_t used[2] = {0, 0};
-        for (int i = 0; i < nvec && more;) {
-            if (used[i] == vec[i].iov_len) {
-                i++;
-                continue;
+        if (used && evbuffer_add(c->in, buf, used) < 0)
+            st = ENOMEM;
+        total = used;
+        /* The space is full and OpenSSL holds more: come back from the loop. */
+        if (st == TLS_READ_MORE && used == sizeof buf && SSL_has_pending(c->ssl))
+            event_active(c->rev, EV_READ, 0);
+    } else {
+        bool more = true;
+        while (more) {
+            struct evbuffer_iovec vec[2];
+            int nvec = evbuffer_reserve_space(c->in, CONN_READ_SIZE, vec, 2);
+            if (nvec <= 0) {
+                st = ENOMEM;
+                break;
             }
-            size_t n = 0;
-            ERR_clear_error();
-            if (SSL_read_ex(c->ssl, (char *)vec[i].iov_base + used[i], vec[i].iov_len - used[i],
-                            &n)) {
+            size_t used[2] = {0, 0};
+            for (int i = 0; i < nvec && more;) {
+                if (used[i] == vec[i].iov_len) {
+                    i++;
+                    continue;
+                }
+                size_t n = tls_read_some(c, (char *)vec[i].iov_base + used[i],
+                                         vec[i].iov_len - used[i], &st);
                 used[i] += n;
                 total += n;
-                continue;
+                /* A bulk reader expects more: read on up to CONN_READ_SIZE. */
+                more = st == TLS_READ_MORE && (total < CONN_READ_SIZE || SSL_has_pending(c->ssl));
             }
-            more = false;
-            int e = SSL_get_error(c->ssl, 0);
-            if (e == SSL_ERROR_WANT_WRITE) {
-                c->tls_read_write = true;
-                tls_update_wev(c);
-            } else if (e == SSL_ERROR_ZERO_RETURN) {
-                eof = true;
-            } else if (e != SSL_ERROR_WANT_READ) {
-                err = tls_error(c, e);
-            }
+            for (int i = 0; i < nvec; i++)
+                vec[i].iov_len = used[i];
+            evbuffer_commit_space(c->in, vec, nvec);
         }
-        for (int i = 0; i < nvec; i++)
-            vec[i].iov_len = used[i];
-        evbuffer_commit_space(c->in, vec, nvec);
-        if (more && total >= CONN_READ_SIZE && !SSL_has_pending(c->ssl))
-            more = false;
     }
-    if (err && (total || eof)) {
+    c->bulk = total > CONN_SMALL_READ;
+    bool eof = st == TLS_READ_EOF;
+    int err = st > 0 ? st : 0;
+    if (err && total) {
         /* Deliver what arrived first; the error follows from the loop. */
         c->tls_pending_err = err;
         event_active(c->rev, EV_READ, 0);

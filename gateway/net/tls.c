@@ -229,8 +229,12 @@ static SSL_CTX *server_ctx_new(struct tls_server *ts, int min_version)
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* One read() takes in a whole record (and what follows it), not its header first. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
+    /* TLS 1.3: one ticket per handshake (OpenSSL sends two): one resumes the next connection. */
+    SSL_CTX_set_num_tickets(ctx, 1);
     SSL_CTX_set_default_passwd_cb(ctx, no_password);
     SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ctx, ts);
@@ -509,6 +513,7 @@ struct tls_client *tls_client_build(struct config_error *err, const json_t *v)
         SSL_CTX_set_mode(tc->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
                                       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                                       SSL_MODE_RELEASE_BUFFERS);
+        SSL_CTX_set_read_ahead(tc->ctx, 1);
         SSL_CTX_set_session_cache_mode(tc->ctx,
                                        SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
         SSL_CTX_sess_set_new_cb(tc->ctx, on_new_session);
