@@ -83,6 +83,8 @@ WORKLOADS = [
          tls=True, handshake="new", method="GET", path="/small", conns=1, body=2),
     dict(id="tls_resume", label="TLS 1.3 resumed handshakes (ticket, +1 GET each), s_time -reuse",
          proto="h1", tls=True, handshake="reuse", method="GET", path="/small", conns=1, body=2),
+    dict(id="tls_1m", label="TLS 1.3 1 MiB GET, -c10", proto="h1", tls=True, method="GET",
+         path="/1m", conns=10, body=1048576),
 ]
 WL = {w["id"]: w for w in WORKLOADS}
 # fixed request counts (measured run, baseline run) for the counting cells
@@ -96,8 +98,8 @@ SYSCALL_COUNTS["small-log"] = SYSCALL_COUNTS["small"]
 # Why a target has no small-log cell.
 NO_LOG = {"direct": "the backend alone is not the proxy under test",
           "haproxy": "HAProxy writes its log only through syslog"}
-INSTR_COUNTS.update({"tls_small": (2000, 200), "tls_h2small": (2000, 200)})
-SYSCALL_COUNTS.update({"tls_small": 20000, "tls_h2small": 20000})
+INSTR_COUNTS.update({"tls_small": (2000, 200), "tls_h2small": (2000, 200), "tls_1m": (200, 20)})
+SYSCALL_COUNTS.update({"tls_small": 20000, "tls_h2small": 20000, "tls_1m": 1000})
 # Filter chains: which sluice filter types each needs (to say why a cell is
 # n/a while the binary lacks one), and why a target cannot take part.
 CHAINS = {
@@ -940,10 +942,28 @@ class Bench:
         one GET (HTTP/1.0, so the proxy closes): `-new` (full handshakes) or
         `-reuse` (resumed with the ticket of its first connection). s_time
         prints `*` for a full handshake and `r` for a resumed one; a resumed
-        cell fails if fewer than 99 % were resumed, a full one if any was."""
+        cell fails if fewer than 99 % were resumed, a full one if any was.
+        s_time sends "GET <www> HTTP/1.0" and no Host: the -www text carries
+        a Host field (and a dummy field for s_time's own " HTTP/1.0"), so each
+        target answers the backend's 200 and keeps its upstream connection
+        (without Host the backend answers 400 and closes it); a probe checks
+        the 200 first."""
         a = self.a
+        www = f"{wl['path']} HTTP/1.0\r\nHost: localhost\r\nX-Bench:"
         base = ["taskset", "-c", self.lcpu, "openssl", "s_time", "-connect", f"127.0.0.1:{port}",
-                "-tls1_3", "-www", wl["path"], f"-{wl['handshake']}"]
+                "-tls1_3", "-www", www, f"-{wl['handshake']}"]
+        probe_req = f"GET {www} HTTP/1.0\r\n\r\n".encode()
+        try:
+            pr = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                                 "-quiet", "-ign_eof"], input=probe_req, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, timeout=15)
+            head = pr.stdout.split(b"\r\n", 1)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            head = "no answer in 15 s"
+        with open(raw + "-probe.txt", "w") as f:
+            f.write(head + "\n")
+        if not head.startswith("HTTP/1.1 200") and not head.startswith("HTTP/1.0 200"):
+            raise BenchError(f"s_time probe: {head!r}, not 200")
 
         def clients(secs, name):
             outs = [raw + f"{name}-{i}.txt" for i in range(TLS_CLIENTS)]
