@@ -14,8 +14,10 @@ import time
 import pytest
 
 from backends.certs import make_ca, make_cert, openssl
+from backends.http import pattern_bytes
 from backends.tls import TlsBackend
-from conftest import assert_gateway_error, curl, free_port, rec_header, run_sluice, wait_until
+from conftest import (RawConn, assert_gateway_error, curl, free_port, rec_header, run_sluice,
+                      wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,120 @@ def test_keepalive_and_large_body_over_tls(sluice, backend, certs):
     got = r.read()
     assert r.status == 200 and len(got) == 3 << 20
     conn.close()
+
+
+class TlsRawConn(RawConn):
+    """RawConn over TLS through memory BIOs, so the test decides how the TLS
+    records it writes fall into TCP sends (several records in one send)."""
+
+    def __init__(self, port, certs, name="api.test", timeout=10.0, rcvbuf=None):
+        super().__init__(port, timeout=timeout, rcvbuf=rcvbuf)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        self.inc, self.outg = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.inc, self.outg, server_hostname=name)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outg.read())
+                self._recv_raw(deadline)
+        self.sock.sendall(self.outg.read())
+
+    def _recv_raw(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("TlsRawConn read deadline")
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(262144)
+        if data:
+            self.inc.write(data)
+        else:
+            self.inc.write_eof()
+        return bool(data)
+
+    def send_records(self, *pieces):
+        """Each piece is its own TLS record; all of them go in one send()."""
+        for p in pieces:
+            self.tls.write(p)
+        self.sock.sendall(self.outg.read())
+
+    def send(self, data: bytes):
+        self.send_records(data)
+
+    def _fill(self, deadline):
+        while True:
+            try:
+                data = self.tls.read(262144)
+            except ssl.SSLWantReadError:
+                if not self._recv_raw(deadline):
+                    self.eof = True
+                    return False
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                data = b""
+            if not data:
+                self.eof = True
+                return False
+            self.buf += data
+            return True
+
+
+def test_several_records_in_one_segment_are_all_read(sluice, backend, certs):
+    # With read-ahead one read() takes in every record of the segment: each
+    # must be decrypted and answered, although the kernel has nothing more.
+    b = backend("b")
+    s = sluice({"listen": [tls_listener(certs)], "upstreams": {"b": {"targets": [b.address]}},
+                "routes": [{"upstream": "b"}]})
+    with TlsRawConn(s.port, certs) as c:
+        one = b"GET /one HTTP/1.1\r\nHost: api.test\r\n\r\n"
+        two = b"GET /two HTTP/1.1\r\nHost: api.test\r\n\r\n"
+        # A request split over three records, then a whole one, all in one send.
+        c.send_records(one[:5], one[5:20], one[20:], two)
+        paths = [json.loads(c.read_response().body)["path"] for _ in range(2)]
+        assert paths == ["/one", "/two"]
+        # Three pipelined requests in one record, and the connection goes on after.
+        c.send_records(b"".join(b"GET /p%d HTTP/1.1\r\nHost: api.test\r\n\r\n" % i
+                                for i in range(3)))
+        paths = [json.loads(c.read_response().body)["path"] for _ in range(3)]
+        assert paths == ["/p0", "/p1", "/p2"]
+        c.send_records(one)
+        assert json.loads(c.read_response().body)["path"] == "/one"
+
+
+def test_body_in_many_small_records(sluice, backend, certs):
+    # A 256 KiB upload as 4 KiB records sent 32 at a time: more than one
+    # read's worth of records waits in OpenSSL at once.
+    b = backend("b")
+    s = sluice({"listen": [tls_listener(certs)], "upstreams": {"b": {"targets": [b.address]}},
+                "routes": [{"upstream": "b"}]})
+    body = pattern_bytes(256 * 1024)
+    with TlsRawConn(s.port, certs) as c:
+        c.send_records(b"POST /up HTTP/1.1\r\nHost: api.test\r\nContent-Length: %d\r\n\r\n"
+                       % len(body))
+        for off in range(0, len(body), 32 * 4096):
+            chunk = body[off:off + 32 * 4096]
+            c.send_records(*(chunk[i:i + 4096] for i in range(0, len(chunk), 4096)))
+        r = c.read_response()
+        assert r.status == 200
+        assert json.loads(r.body)["body_length"] == len(body)
+
+
+def test_large_download_to_a_slow_reader(sluice, backend, certs):
+    # A small receive buffer read in small pieces: the proxy's TLS writes
+    # block again and again and must resume from the write event each time.
+    b = backend("b")
+    s = sluice({"listen": [tls_listener(certs)], "upstreams": {"b": {"targets": [b.address]}},
+                "routes": [{"upstream": "b"}]})
+    size = 3 << 20
+    with TlsRawConn(s.port, certs, timeout=60.0, rcvbuf=4096) as c:
+        for _ in range(2):
+            c.send_records(b"GET /big HTTP/1.1\r\nHost: api.test\r\nX-Echo-Bytes: %d\r\n\r\n"
+                           % size)
+            r = c.read_response(timeout=60.0)
+            assert r.status == 200 and r.body == pattern_bytes(size)
 
 
 def test_sni_picks_the_certificate(sluice, certs):
