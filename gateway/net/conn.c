@@ -664,6 +664,12 @@ int conn_tls_accept(struct conn *c, SSL *ssl)
     return 0;
 }
 
+void conn_tls_handshake_now(struct conn *c)
+{
+    if (c->ssl && c->handshaking && !c->connecting)
+        tls_handshake(c);
+}
+
 int conn_tls_connect(struct conn *c, SSL *ssl)
 {
     if (c->fd < 0 || c->ssl || !c->connecting || !SSL_set_fd(ssl, c->fd)) {

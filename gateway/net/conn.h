@@ -151,6 +151,14 @@ void conn_cache_clear(struct thread_cache *tc);
 int conn_tls_accept(struct conn *c, struct ssl_st *ssl);
 
 /*
+ * Runs the handshake of conn_tls_accept once now, without waiting for a
+ * readable event: a client's ClientHello is usually there by the time its
+ * connection is accepted, and this saves a turn of the loop. Its outcome
+ * comes through the events as from the loop (on_error may free the owner).
+ */
+void conn_tls_handshake_now(struct conn *c);
+
+/*
  * Makes a connection being connected (conn_connect) a TLS client, taking
  * over `ssl` (freed here on failure): after the TCP connect the handshake
  * runs, and only then is on_writable called (c->connecting stays true until

@@ -760,6 +760,8 @@ int tls_server_accept(struct net_loop *loop, int fd, const struct sockaddr_stora
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_add(a->timer, &tv);
     net_loop_conn_added(loop, &a->link);
+    /* Last: a failure closes `a` (on_error), and the caller leaves the socket to us. */
+    conn_tls_handshake_now(a->conn);
     return 0;
 fail:
     if (a->conn)
