@@ -442,15 +442,19 @@ class RawConn:
     def __exit__(self, *exc):
         self.close()
 
+    def _recv(self) -> bytes:
+        """One read from the peer (the socket's timeout is set): b"" at its end."""
+        try:
+            return self.sock.recv(262144)
+        except ConnectionResetError:
+            return b""
+
     def _fill(self, deadline):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise socket.timeout("RawConn read deadline")
         self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(262144)
-        except ConnectionResetError:
-            data = b""
+        data = self._recv()
         if not data:
             self.eof = True
             return False

@@ -115,27 +115,23 @@ class TlsRawConn(RawConn):
         ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
         self.inc, self.outg = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self.inc, self.outg, server_hostname=name)
-        deadline = time.monotonic() + timeout
+        self.sock.settimeout(timeout)
         while True:
             try:
                 self.tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 self.sock.sendall(self.outg.read())
-                self._recv_raw(deadline)
+                self._recv_raw()
         self.sock.sendall(self.outg.read())
 
-    def _recv_raw(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("TlsRawConn read deadline")
-        self.sock.settimeout(remaining)
+    def _recv_raw(self):
         data = self.sock.recv(262144)
         if data:
             self.inc.write(data)
         else:
             self.inc.write_eof()
-        return bool(data)
+        return data
 
     def send_records(self, *pieces):
         """Each piece is its own TLS record; all of them go in one send()."""
@@ -146,22 +142,15 @@ class TlsRawConn(RawConn):
     def send(self, data: bytes):
         self.send_records(data)
 
-    def _fill(self, deadline):
+    def _recv(self) -> bytes:
         while True:
             try:
-                data = self.tls.read(262144)
+                return self.tls.read(262144)
             except ssl.SSLWantReadError:
-                if not self._recv_raw(deadline):
-                    self.eof = True
-                    return False
-                continue
+                if not self._recv_raw():
+                    return b""
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                data = b""
-            if not data:
-                self.eof = True
-                return False
-            self.buf += data
-            return True
+                return b""
 
 
 def test_several_records_in_one_segment_are_all_read(sluice, backend, certs):
