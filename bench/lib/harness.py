@@ -276,16 +276,31 @@ def run(argv, timeout, cpu, out=None):
     return r.returncode, text
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, kernel) clock ticks of `pids` so far."""
+    user = kernel = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user, kernel = user + int(fields[11]), kernel + int(fields[12])  # utime, stime
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, kernel
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
+
+
+def cpu_cell(c0, c1, secs, n):
+    """The CPU columns of a cell from two cpu_split() readings `secs` apart
+    over `n` requests: CPU % of one core, CPU µs per request, and the
+    kernel's share of that CPU (stime over utime + stime) in %."""
+    user, kernel = c1[0] - c0[0], c1[1] - c0[1]
+    cpu_s = (user + kernel) / CLK_TCK
+    return dict(cpu_pct=round(100 * cpu_s / secs, 1), cpu_us_per_req=round(1e6 * cpu_s / n, 2),
+                kernel_pct=round(100 * kernel / (user + kernel), 1) if user + kernel else "")
 
 
 def rss_kib(pids):
@@ -858,7 +873,8 @@ class Bench:
     # ---- one throughput cell
     def cell(self, rnd, wl, target):
         row = dict(round=rnd, workload=wl["id"], target=target, status="ok", rps="", p50_ms="",
-                   p99_ms="", requests="", cpu_pct="", cpu_us_per_req="", detail="")
+                   p99_ms="", requests="", cpu_pct="", cpu_us_per_req="", kernel_pct="",
+                   detail="")
         sk = self.skip(wl, target)
         if sk is not None:
             row.update(status=sk[0], detail=sk[1])
@@ -907,10 +923,10 @@ class Bench:
         if wl["method"] == "POST":
             base += ["-s", os.path.join(LIB, "post1m.lua")]
         run(base + [f"-d{a.warmup}s", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
-        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        t0, c0 = time.monotonic(), cpu_split(pids)
         rc, out = run(base + [f"-d{a.duration}s", "--latency", url], a.duration + 20,
                       self.lcpu, raw + ".txt")
-        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        t1, c1 = time.monotonic(), cpu_split(pids)
         if rc != 0:
             raise BenchError(f"wrk exited {rc}: {out.strip()[-300:]}")
         m = re.search(r"(\d+) requests in", out)
@@ -929,10 +945,8 @@ class Bench:
         if n == 0 or nbad > 0 or nerr > max(10, n // 100):
             raise BenchError(f"{n} requests, {nbad} non-2xx/3xx, socket errors "
                              f"{errs.group(0) if errs else 0} (see {os.path.basename(raw)}.txt)")
-        cpu_s = (c1 - c0) / CLK_TCK
         return dict(rps=round(float(rps.group(1)), 1), p50_ms=ms("50"), p99_ms=ms("99"),
-                    requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_us_per_req=round(1e6 * cpu_s / n, 2))
+                    requests=n, **cpu_cell(c0, c1, t1 - t0, n))
 
     def s_time(self, port, wl, pids, raw):
         """TLS 1.3 handshakes: TLS_CLIENTS `openssl s_time` processes at once,
@@ -964,9 +978,9 @@ class Bench:
             return rcs, [open(o, errors="replace").read() for o in outs]
 
         clients(a.warmup, "-warmup")
-        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        t0, c0 = time.monotonic(), cpu_split(pids)
         rcs, outs = clients(a.duration, "")
-        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        t1, c1 = time.monotonic(), cpu_split(pids)
         n = full = resumed = 0
         for rc, out in zip(rcs, outs):
             m = re.search(r"(\d+) connections in [\d.]+s;", out)
@@ -982,9 +996,7 @@ class Bench:
             raise BenchError(f"s_time -reuse: only {resumed} of {full + resumed} handshakes resumed")
         if wl["handshake"] == "new" and resumed:
             raise BenchError(f"s_time -new: {resumed} handshakes were resumed")
-        cpu_s = (c1 - c0) / CLK_TCK
-        return dict(rps=round(n / (t1 - t0), 1), requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_us_per_req=round(1e6 * cpu_s / n, 2))
+        return dict(rps=round(n / (t1 - t0), 1), requests=n, **cpu_cell(c0, c1, t1 - t0, n))
 
     def h2load(self, port, wl, pids, raw):
         a = self.a
@@ -995,10 +1007,10 @@ class Bench:
             raise BenchError(f"h2 probe failed: {out.strip()[-300:]}")
         run(base + [f"-D{a.warmup}", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
         logf = raw + "-requests.tsv"
-        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        t0, c0 = time.monotonic(), cpu_split(pids)
         rc, out = run(base + [f"-D{a.duration}", f"--log-file={logf}", url], a.duration + 20,
                       self.lcpu, raw + ".txt")
-        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        t1, c1 = time.monotonic(), cpu_split(pids)
         fin = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
         req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                         r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
@@ -1020,10 +1032,8 @@ class Bench:
             pass
         durs.sort()
         pct = lambda q: round(durs[min(len(durs) - 1, int(q * len(durs)))] / 1000, 3) if durs else ""
-        cpu_s = (c1 - c0) / CLK_TCK
         return dict(rps=round(float(fin.group(3)), 1), p50_ms=pct(0.50), p99_ms=pct(0.99),
-                    requests=done, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_us_per_req=round(1e6 * cpu_s / done, 2))
+                    requests=done, **cpu_cell(c0, c1, t1 - t0, done))
 
     # ---- fixed-count cells
     def load_fixed(self, port, wl, n, raw, timeout):

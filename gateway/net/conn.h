@@ -3,8 +3,9 @@
  *
  * Why not bufferevents: libevent 2.1's socket bufferevent asks FIONREAD
  * before every read and reads 4 KiB at a time, and a queued write waits for
- * an epoll round trip. Here a readable event does one large readv into space
- * reserved in the input evbuffer, and a write is attempted at once
+ * an epoll round trip. Here a readable event does one large read (recv or
+ * recvmsg: socket calls, not the file layer's read/readv) into space
+ * reserved in the input evbuffer, and a write (send or sendmsg) is attempted at once
  * (conn_flush), registering for writability only when the kernel says
  * EAGAIN. The read event stays registered for the connection's whole life
  * unless the owner pauses reading for backpressure.
