@@ -127,7 +127,8 @@ static void on_write_ready(evutil_socket_t fd, short what, void *arg);
 static bool wev_make(struct conn *c)
 {
     if (!c->wev)
-        c->wev = event_new(event_get_base(&c->rev), c->fd, EV_WRITE | EV_PERSIST, on_write_ready, c);
+        c->wev =
+            event_new(event_get_base(&c->rev), c->fd, EV_WRITE | EV_PERSIST, on_write_ready, c);
     return c->wev != NULL;
 }
 

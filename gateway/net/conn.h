@@ -16,8 +16,8 @@
  * pulled together) at a time. Plain connections pay nothing for this: the
  * TLS paths branch off on c->ssl.
  *
- * Owns: the file descriptor, its two events (the read event embedded), the in/out evbuffers, and the
- * SSL object once a TLS call took it.
+ * Owns: the file descriptor, its two events (the read event embedded), the
+ * in/out evbuffers, and the SSL object once a TLS call took it.
  * Promises: callbacks are only ever called from the event loop, never from
  * inside conn_* calls, so the owner may call any conn_* from a callback.
  * After conn_close() no callback runs.
