@@ -657,6 +657,7 @@ class Bench:
         self.instr_rows = []  # the I refs behind each instr/req (instr.csv)
         self.sysc = {}
         self.idle = {}       # target -> dict
+        self.idle_h2 = {}    # the same over h2c (prior knowledge)
         self.notes = []      # failures worth reporting
         self.pcpu = str(a.proxy_cpu)
         self.lcpu = str(a.load_cpu)
@@ -1148,25 +1149,33 @@ class Bench:
                 tracer.stop(sig=signal.SIGINT, timeout=10)
             self.stop_target(p)
 
-    def idle_conns(self, target):
+    def idle_conns(self, target, h2=False):
+        """RSS per idle keep-alive connection: HTTP/1.1, or h2c with prior knowledge (h2)."""
         p = None
+        wl = WL["h2small" if h2 else "small"]
+        skip = self.countable(wl, target)
+        if skip:
+            return dict(error=skip)
         try:
-            p, port = self.start_target(target, tag="-idle")
-            probe(port, WL["small"])
+            p, port = self.start_target(target, h2=h2, tag="-idle-h2" if h2 else "-idle")
+            if h2:
+                asyncio.run(probe_h2(port))
+            else:
+                probe(port, wl)
             pids = p.tree() if p else self.backend.tree()
             time.sleep(0.3)
             opened, ok, err, before, after, alive = asyncio.run(
-                idle_session(port, self.a.idle_conns, pids, p))
+                idle_session(port, self.a.idle_conns, pids, p, h2))
             if not alive:
                 raise BenchError(f"{target} died while holding idle connections: {tail(p.logpath)}")
             res = dict(conns=ok, opened=opened, rss_before_kib=before, rss_after_kib=after,
                        kib_per_conn=round((after - before) / ok, 2) if ok else "")
             if ok < self.a.idle_conns:
                 res["error"] = f"only {ok}/{self.a.idle_conns} connections answered ({err})"
-                self.notes.append(f"{target} / idle connections: {res['error']}")
+                self.notes.append(f"{target} / idle connections{' (h2)' if h2 else ''}: {res['error']}")
             return res
         except BenchError as e:
-            self.notes.append(f"{target} / idle connections: {e}")
+            self.notes.append(f"{target} / idle connections{' (h2)' if h2 else ''}: {e}")
             return dict(error=str(e))
         finally:
             self.stop_target(p)
@@ -1226,9 +1235,12 @@ class Bench:
                     log(f"  {wl['id']:8} {target:8} {v} syscalls/req")
         if not a.no_idle:
             log(f"{a.idle_conns} idle keep-alive connections")
-            for target in targets:
-                self.idle[target] = r = self.idle_conns(target)
-                log(f"  {target:8} {r.get('kib_per_conn', 'error')} KiB/conn {r.get('error', '')}")
+            for h2 in (False, True):
+                for target in targets:
+                    r = self.idle_conns(target, h2)
+                    (self.idle_h2 if h2 else self.idle)[target] = r
+                    log(f"  {'h2' if h2 else 'h1'} {target:8} {r.get('kib_per_conn', 'error')} KiB/conn "
+                        f"{r.get('error', '')}")
         if a.ws_workloads:
             log(f"WebSocket: {', '.join(a.ws_workloads)}")
             ws_bench.run(self, sys.modules[__name__], a.ws_workloads)
@@ -1247,8 +1259,67 @@ class Bench:
 IDLE = []
 
 
-async def open_idle(port, count, batch=200):
-    req = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sluice-bench-idle\r\n\r\n"
+async def idle_h1(r, w):
+    """One keep-alive GET /small over HTTP/1.1; True when answered 200 with its body."""
+    w.write(b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sluice-bench-idle\r\n\r\n")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if not head.startswith(b"HTTP/1.1 200") or not m:
+        return False
+    await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
+    return True
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+# The h2c client of the idle cell, frames by hand: the preface, an empty
+# SETTINGS, and GET /small on stream 1 (HPACK: static :method GET, :scheme
+# http, then :path and :authority as literals with indexed names, no Huffman).
+H2_IDLE_REQ = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) +
+               h2_frame(1, 0x5, 1, b"\x82\x86\x04\x06/small\x01\x09127.0.0.1"))
+
+
+async def idle_h2(r, w):
+    """GET /small on stream 1 of a new h2c connection; True when answered
+    :status 200 (static index 8, how every server here encodes it) and the
+    stream ended. Acknowledges the server's SETTINGS, as a client must."""
+    w.write(H2_IDLE_REQ)
+    status = None
+    while True:
+        hdr = await asyncio.wait_for(r.readexactly(9), 10)
+        n, ftype, flags = int.from_bytes(hdr[:3], "big"), hdr[3], hdr[4]
+        stream = int.from_bytes(hdr[5:9], "big") & 0x7FFFFFFF
+        payload = await asyncio.wait_for(r.readexactly(n), 10)
+        if ftype == 4 and not flags & 1:
+            w.write(h2_frame(4, 1, 0))
+        elif ftype == 7 or ftype == 3 and stream == 1:  # GOAWAY, RST_STREAM
+            return False
+        elif stream == 1 and ftype in (0, 1):
+            if ftype == 1:
+                block = payload[1 + payload[0]:] if flags & 0x8 else payload  # PADDED
+                block = block[5:] if flags & 0x20 else block                   # PRIORITY
+                status = block[:1] == b"\x88"
+            if flags & 1:  # END_STREAM
+                return bool(status)
+
+
+async def probe_h2(port):
+    """One h2c GET /small the idle client's way (BenchError unless answered)."""
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        try:
+            ok = await idle_h2(r, w)
+        finally:
+            w.close()
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+        raise BenchError(f"h2c probe failed: {type(e).__name__} {e}")
+    if not ok:
+        raise BenchError("h2c probe: no 200 answer on stream 1")
+
+
+async def open_idle(port, count, h2=False, batch=200):
     errors = {}
 
     async def one():
@@ -1259,14 +1330,10 @@ async def open_idle(port, count, batch=200):
             return 0
         IDLE.append(w)
         try:
-            w.write(req)
-            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
-            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-            if not head.startswith(b"HTTP/1.1 200") or not m:
-                errors["bad response"] = errors.get("bad response", 0) + 1
-                return 1
-            await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
-            return 2
+            if await (idle_h2(r, w) if h2 else idle_h1(r, w)):
+                return 2
+            errors["bad response"] = errors.get("bad response", 0) + 1
+            return 1
         except Exception as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             return 1
@@ -1277,12 +1344,12 @@ async def open_idle(port, count, batch=200):
     return sum(1 for x in results if x >= 1), sum(1 for x in results if x == 2), errors
 
 
-async def idle_session(port, count, pids, proc):
+async def idle_session(port, count, pids, proc, h2=False):
     """RSS of `pids` before, and 1 s after, `count` connections that each
     made one request are open; then close them all."""
     before = rss_kib(pids)
     try:
-        opened, ok, err = await open_idle(port, count)
+        opened, ok, err = await open_idle(port, count, h2)
         await asyncio.sleep(1.0)
         after = rss_kib(pids)
         alive = proc.alive() if proc else True

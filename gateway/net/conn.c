@@ -162,7 +162,8 @@ static void on_write_ready(evutil_socket_t fd, short what, void *arg);
 static bool wev_make(struct conn *c)
 {
     if (!c->wev)
-        c->wev = event_new(event_get_base(c->rev), c->fd, EV_WRITE | EV_PERSIST, on_write_ready, c);
+        c->wev =
+            event_new(event_get_base(&c->rev), c->fd, EV_WRITE | EV_PERSIST, on_write_ready, c);
     return c->wev != NULL;
 }
 
@@ -225,7 +226,7 @@ static void tls_handshake(struct conn *c)
     c->tls_hs_write = false;
     /* Records that came with the handshake are out of the kernel's sight: read them soon. */
     if (SSL_has_pending(c->ssl))
-        event_active(c->rev, EV_READ, 0);
+        event_active(&c->rev, EV_READ, 0);
     if (c->connecting) {
         c->connecting = false;
         if (evbuffer_get_length(c->out) > 0) {
@@ -350,7 +351,7 @@ static void tls_on_read(struct conn *c)
     if (err && (total || eof)) {
         /* Deliver what arrived first; the error follows from the loop. */
         c->tls_pending_err = err;
-        event_active(c->rev, EV_READ, 0);
+        event_active(&c->rev, EV_READ, 0);
         err = 0;
     }
     if (err) {
@@ -392,7 +393,7 @@ static void tls_on_write(struct conn *c)
         c->tls_read_write = false;
         tls_update_wev(c);
         if (c->reading)
-            event_active(c->rev, EV_READ, 0);
+            event_active(&c->rev, EV_READ, 0);
         if (!c->write_wait)
             return;
     }
@@ -528,9 +529,9 @@ static int setup(struct conn *c, struct event_base *base, int fd, const struct c
     c->tls_verify = 0;
     c->in = evbuffer_new();
     c->out = evbuffer_new();
-    c->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read_ready, c);
+    c->rev_set = event_assign(&c->rev, base, fd, EV_READ | EV_PERSIST, on_read_ready, c) == 0;
     c->wev = NULL; /* made on the first write that must wait: see wev_add */
-    if (!c->in || !c->out || !c->rev) {
+    if (!c->in || !c->out || !c->rev_set) {
         c->fd = -1;
         conn_close(c);
         return -1;
@@ -601,9 +602,9 @@ void conn_read_enable(struct conn *c, bool on)
     if (on && c->eof)
         return;
     if (on)
-        event_add(c->rev, NULL);
+        event_add(&c->rev, NULL);
     else
-        event_del(c->rev);
+        event_del(&c->rev);
     c->reading = on;
 }
 
@@ -690,15 +691,16 @@ void conn_close(struct conn *c)
         c->ssl = NULL;
         c->handshaking = false;
     }
-    if (c->rev)
-        event_free(c->rev);
+    if (c->rev_set)
+        event_del(&c->rev);
     if (c->wev)
         event_free(c->wev);
     if (c->in)
         evbuffer_free(c->in);
     if (c->out)
         evbuffer_free(c->out);
-    c->rev = c->wev = NULL;
+    c->rev_set = false;
+    c->wev = NULL;
     c->in = c->out = NULL;
     if (c->fd >= 0)
         close(c->fd);

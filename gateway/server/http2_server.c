@@ -1093,15 +1093,36 @@ static void check_state(struct h2_conn *h)
     if (!h->streams && !h->idle_armed) {
         h->idle_armed = true;
         arm_timer(h, h->fresh ? limits(h)->header_timeout_ms : limits(h)->idle_timeout_ms);
-    } else if (h->streams && (h->idle_armed || !h->stall_armed)) {
+    }
+    if (!h->streams && !nghttp2_session_want_write(h->session))
+        conn_release_buffers(h->conn); /* idle: see have_buffers */
+    else if (h->streams && (h->idle_armed || !h->stall_armed)) {
         h->idle_armed = false;
         arm_stall_tick(h);
     }
 }
 
+/*
+ * An idle connection (no stream, nothing to send) lends its evbuffers back
+ * (conn_release_buffers, as HTTP/1.1 does); a read borrows them again by
+ * itself, and run() and service() borrow them before using them. False
+ * when that failed and the connection was closed.
+ */
+static bool have_buffers(struct h2_conn *h)
+{
+    if (h->dead || conn_borrow_buffers(h->conn) == 0)
+        return true;
+    close_now(h);
+    return false;
+}
+
 static void run(struct h2_conn *h)
 {
     h->busy++;
+    if (!have_buffers(h)) {
+        leave(h);
+        return;
+    }
     h->in_run = true;
     for (int round = 0; round < 8 && !h->dead; round++) {
         h->again = false;
@@ -1168,8 +1189,9 @@ static void feed(struct h2_conn *h)
 static void service(struct h2_conn *h)
 {
     h->busy++;
-    feed(h);
-    if (h->conn->eof && !h->dead) {
+    if (have_buffers(h))
+        feed(h);
+    if (!h->dead && h->conn->eof) {
         /* The client is gone: whatever is in flight is dropped. */
         close_now(h);
     }
