@@ -10,6 +10,7 @@
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 
+#include "base/blockpool.h"
 #include "base/clock.h"
 #include "base/container_of.h"
 #include "conf/config.h"
@@ -305,22 +306,6 @@ static void on_exchange_gone(void *arg)
 
 /* ---- side operations ----------------------------------------------------- */
 
-/* HTTP/2 field names are lower case on the wire (RFC 9113 8.2.1); HTTP/1 upstreams vary. */
-static uint8_t *lower_name(struct arena *a, struct slice n)
-{
-    bool upper = false;
-    for (size_t i = 0; i < n.len && !upper; i++)
-        upper = n.base[i] >= 'A' && n.base[i] <= 'Z';
-    if (!upper)
-        return (uint8_t *)(uintptr_t)n.base;
-    char *out = arena_alloc(a, n.len);
-    for (size_t i = 0; i < n.len; i++) {
-        char c = n.base[i];
-        out[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-    }
-    return (uint8_t *)out;
-}
-
 static nghttp2_nv make_nv(uint8_t *name, size_t namelen, struct slice value)
 {
     return (nghttp2_nv){name, (uint8_t *)(uintptr_t)value.base, namelen, value.len,
@@ -402,7 +387,8 @@ static void h2_send_head(struct exchange *x)
         if (tunnel && (slice_ieq(name, SLICE_LIT("Sec-WebSocket-Accept")) ||
                        slice_ieq(name, SLICE_LIT("Upgrade"))))
             continue; /* the key was the gateway's; HTTP/2 has no Upgrade */
-        nva[n] = make_nv(lower_name(x->arena, name), name.len, l->items[i].value);
+        /* nghttp2 copies the field and lower-cases its name (RFC 9113 8.2.1) as it does. */
+        nva[n] = make_nv((uint8_t *)(uintptr_t)name.base, name.len, l->items[i].value);
         /* A value new on every response would only churn the HPACK table. */
         if (slice_ieq(name, SLICE_LIT("X-Request-Id")))
             nva[n].flags = NGHTTP2_NV_FLAG_NO_INDEX;
@@ -1267,6 +1253,33 @@ static const struct conn_events h2_conn_events = {
     .on_error = on_error,
 };
 
+/*
+ * nghttp2 allocates and frees a handful of small objects for every stream
+ * (the stream, the queued frames, copies of the response fields, decoded
+ * header buffers): the worker's free lists serve them (base/blockpool.h).
+ */
+static void *mem_malloc(size_t size, void *mem_user_data)
+{
+    return blockpool_alloc(size);
+}
+
+static void mem_free(void *ptr, void *mem_user_data)
+{
+    blockpool_free(ptr);
+}
+
+static void *mem_calloc(size_t nmemb, size_t size, void *mem_user_data)
+{
+    return blockpool_calloc(nmemb, size);
+}
+
+static void *mem_realloc(void *ptr, size_t size, void *mem_user_data)
+{
+    return blockpool_realloc(ptr, size);
+}
+
+static nghttp2_mem h2_mem = {NULL, mem_malloc, mem_free, mem_calloc, mem_realloc};
+
 static int new_session(struct h2_conn *h)
 {
     nghttp2_session_callbacks *cb;
@@ -1303,7 +1316,7 @@ static int new_session(struct h2_conn *h)
      * SETTINGS_MAX_CONCURRENT_STREAMS (limits.h2_max_concurrent_streams),
      * the oldest closed stream being freed first.
      */
-    int rv = nghttp2_session_server_new2(&h->session, cb, h, opt);
+    int rv = nghttp2_session_server_new3(&h->session, cb, h, opt, &h2_mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0)
