@@ -118,7 +118,8 @@ struct h2_conn {
     struct event *work;  /* run() from the loop */
     struct h2_stream *streams;
     size_t num_streams;
-    size_t out_total; /* response bytes in the streams' buffers */
+    struct h2_stream *hd_stream; /* the stream whose header block is being decoded */
+    size_t out_total;            /* response bytes in the streams' buffers */
     int busy;
     bool dead;
     bool in_run;
@@ -218,10 +219,28 @@ static void free_stream(struct h2_conn *h, struct h2_stream *s)
     if (s->next)
         s->next->prev = s->prev;
     h->num_streams--;
+    if (h->hd_stream == s)
+        h->hd_stream = NULL;
     h->out_total -= evbuffer_get_length(s->out);
-    evbuffer_free(s->out);
+    conn_buffer_put(s->out);
     free(s->trailers);
-    free(s);
+    blockpool_free(s);
+}
+
+/*
+ * A zeroed stream with an empty `out` buffer. Both come from the worker's
+ * spares (blockpool, conn_buffer_get): a stream is made and freed for every
+ * request, and an idle connection keeps none.
+ */
+static struct h2_stream *new_stream(void)
+{
+    struct h2_stream *s = blockpool_calloc(1, sizeof *s);
+    s->out = conn_buffer_get();
+    if (!s->out) {
+        blockpool_free(s);
+        return NULL;
+    }
+    return s;
 }
 
 static void destroy(struct h2_conn *h)
@@ -650,14 +669,9 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         calm_down(h, "too many streams at once");
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    struct h2_stream *s = calloc(1, sizeof *s);
+    struct h2_stream *s = new_stream();
     if (!s)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    s->out = evbuffer_new();
-    if (!s->out) {
-        free(s);
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    }
     s->h = h;
     s->id = frame->hd.stream_id;
     s->side.ops = &h2_ops;
@@ -686,19 +700,30 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         event_del(h->timer);
     }
     nghttp2_session_set_stream_user_data(session, s->id, s);
+    h->hd_stream = s;
     return 0;
 }
 
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *user_data)
+/* The stream of a HEADERS frame being received: usually the one on_begin_headers just made. */
+static struct h2_stream *headers_stream(struct h2_conn *h, int32_t id)
+{
+    if (h->hd_stream && h->hd_stream->id == id)
+        return h->hd_stream;
+    return nghttp2_session_get_stream_user_data(h->session, id);
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghttp2_rcbuf *name_buf,
+                     nghttp2_rcbuf *value_buf, uint8_t flags, void *user_data)
 {
     struct h2_conn *h = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    struct h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+    struct h2_stream *s = headers_stream(h, frame->hd.stream_id);
     if (!s)
         return 0;
+    nghttp2_vec nv = nghttp2_rcbuf_get_buf(name_buf), vv = nghttp2_rcbuf_get_buf(value_buf);
+    const uint8_t *name = nv.base, *value = vv.base;
+    size_t namelen = nv.len, valuelen = vv.len;
     const struct limits_config *lim = limits(h);
     s->header_bytes += namelen + valuelen + 4;
     s->header_fields++;
@@ -737,7 +762,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         s->error_message = "more header fields than limits.max_headers";
         return 0;
     }
-    header_add(&x->req_headers, arena_slice_dup(x->arena, n), v);
+    /* A name from HPACK's static table is static memory: only other names are copied. */
+    header_add(&x->req_headers,
+               nghttp2_rcbuf_is_static(name_buf) ? n : arena_slice_dup(x->arena, n), v);
     return 0;
 }
 
@@ -779,7 +806,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     struct h2_conn *h = user_data;
     struct h2_stream *s = NULL;
     if (frame->hd.stream_id)
-        s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+        s = headers_stream(h, frame->hd.stream_id);
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
         if (!s)
@@ -840,6 +867,8 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
         return 0;
     s->closed = true;
     nghttp2_session_set_stream_user_data(session, stream_id, NULL);
+    if (h->hd_stream == s)
+        h->hd_stream = NULL;
     schedule(h);
     return 0;
 }
@@ -1289,7 +1318,7 @@ static int new_session(struct h2_conn *h)
     nghttp2_session_callbacks_set_send_data_callback(cb, on_send_data);
     nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_header_callback2(cb, on_header);
     nghttp2_session_callbacks_set_on_invalid_header_callback(cb, on_invalid_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
