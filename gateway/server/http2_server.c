@@ -82,6 +82,10 @@ struct h2_stream {
     size_t header_fields;
     uint64_t req_total; /* request body bytes */
     int error_status;   /* answer this instead of starting (431) */
+    unsigned cookies;   /* Cookie fields in the request head */
+    bool has_host;      /* ... a Host field, Content-Length, Expect: start_stream looks only then */
+    bool has_length;
+    bool has_expect;
     const char *error_message;
     bool ready;         /* the request head is complete */
     bool started;       /* exchange_start ran */
@@ -687,8 +691,11 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     }
     header_list_init(&x->req_headers, x->arena, 16);
     arena_cleanup_add(x->arena, on_exchange_gone, s);
-    s->body = x->req_body;
-    s->body_cb = evbuffer_add_cb(x->req_body, on_body_moved, s);
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        /* A request body may follow (HEADERS with END_STREAM has none): its window is watched. */
+        s->body = x->req_body;
+        s->body_cb = evbuffer_add_cb(x->req_body, on_body_moved, s);
+    }
     s->next = h->streams;
     if (h->streams)
         h->streams->prev = s;
@@ -762,6 +769,15 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghtt
         s->error_message = "more header fields than limits.max_headers";
         return 0;
     }
+    /* Names are lower case (nghttp2 rejects others): the fields start_stream needs are noted. */
+    if (namelen == 4 && memcmp(name, "host", 4) == 0)
+        s->has_host = true;
+    else if (namelen == 6 && memcmp(name, "cookie", 6) == 0)
+        s->cookies++;
+    else if (namelen == 6 && memcmp(name, "expect", 6) == 0)
+        s->has_expect = true;
+    else if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
+        s->has_length = true;
     /* A name from HPACK's static table is static memory: only other names are copied. */
     header_add(&x->req_headers,
                nghttp2_rcbuf_is_static(name_buf) ? n : arena_slice_dup(x->arena, n), v);
@@ -909,11 +925,14 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
     if (s->authority.len) {
         /* :authority wins over Host (RFC 9113 8.3.1); the upstream gets it as Host. */
         x->host = s->authority;
-        header_set(&x->req_headers, SLICE_LIT("Host"), s->authority);
+        if (s->has_host)
+            header_set(&x->req_headers, SLICE_LIT("Host"), s->authority);
+        else
+            header_add(&x->req_headers, SLICE_LIT("Host"), s->authority);
     }
     /* Cookie crumbs are joined for HTTP/1 upstreams (RFC 9113 8.2.3). */
     static const struct slice cookie = SLICE_LIT("Cookie");
-    size_t crumbs = header_count(&x->req_headers, cookie);
+    size_t crumbs = s->cookies > 1 ? header_count(&x->req_headers, cookie) : 0;
     if (crumbs > 1) {
         struct slice *parts = arena_alloc(x->arena, (2 * crumbs) * sizeof *parts);
         size_t n = 0;
@@ -926,7 +945,7 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
         header_set(&x->req_headers, cookie, arena_concat(x->arena, parts, n));
     }
     static const struct slice cl_name = SLICE_LIT("Content-Length");
-    const struct slice *cl = header_get(&x->req_headers, cl_name);
+    const struct slice *cl = s->has_length ? header_get(&x->req_headers, cl_name) : NULL;
     if (cl) {
         /* nghttp2 checked it is one number and that DATA matches it. */
         int64_t v = 0;
@@ -940,7 +959,8 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
     if (s->protocol.len && slice_eq(x->method, SLICE_LIT("CONNECT")) &&
         slice_ieq(s->protocol, SLICE_LIT("websocket")))
         bridge_websocket(h, s);
-    const struct slice *expect = header_get(&x->req_headers, SLICE_LIT("Expect"));
+    const struct slice *expect =
+        s->has_expect ? header_get(&x->req_headers, SLICE_LIT("Expect")) : NULL;
     if (expect) {
         x->expect_continue = slice_ieq(*expect, SLICE_LIT("100-continue"));
         header_remove(&x->req_headers, SLICE_LIT("Expect"));
