@@ -128,6 +128,26 @@ void *blockpool_realloc(void *p, size_t n)
     return q;
 }
 
+void *blockpool_mem_malloc(size_t n, void *user_data)
+{
+    return blockpool_alloc(n);
+}
+
+void blockpool_mem_free(void *p, void *user_data)
+{
+    blockpool_free(p);
+}
+
+void *blockpool_mem_calloc(size_t nmemb, size_t size, void *user_data)
+{
+    return blockpool_calloc(nmemb, size);
+}
+
+void *blockpool_mem_realloc(void *p, size_t n, void *user_data)
+{
+    return blockpool_realloc(p, n);
+}
+
 void blockpool_cache_clear(struct thread_cache *tc)
 {
     for (int i = 0; i < BLOCKPOOL_CLASSES; i++) {

@@ -35,6 +35,16 @@ void *blockpool_realloc(void *p, size_t n);
 /* NULL ok. */
 void blockpool_free(void *p);
 
+/*
+ * The same four with an unused user-data argument last, in the shape of
+ * nghttp2_mem's hooks: {NULL, blockpool_mem_malloc, blockpool_mem_free,
+ * blockpool_mem_calloc, blockpool_mem_realloc}.
+ */
+void *blockpool_mem_malloc(size_t n, void *user_data);
+void blockpool_mem_free(void *p, void *user_data);
+void *blockpool_mem_calloc(size_t nmemb, size_t size, void *user_data);
+void *blockpool_mem_realloc(void *p, size_t n, void *user_data);
+
 /* Frees the blocks cached in `tc`; its owner calls it before the cache goes away. */
 void blockpool_cache_clear(struct thread_cache *tc);
 

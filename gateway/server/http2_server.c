@@ -1307,27 +1307,8 @@ static const struct conn_events h2_conn_events = {
  * (the stream, the queued frames, copies of the response fields, decoded
  * header buffers): the worker's free lists serve them (base/blockpool.h).
  */
-static void *mem_malloc(size_t size, void *mem_user_data)
-{
-    return blockpool_alloc(size);
-}
-
-static void mem_free(void *ptr, void *mem_user_data)
-{
-    blockpool_free(ptr);
-}
-
-static void *mem_calloc(size_t nmemb, size_t size, void *mem_user_data)
-{
-    return blockpool_calloc(nmemb, size);
-}
-
-static void *mem_realloc(void *ptr, size_t size, void *mem_user_data)
-{
-    return blockpool_realloc(ptr, size);
-}
-
-static nghttp2_mem h2_mem = {NULL, mem_malloc, mem_free, mem_calloc, mem_realloc};
+static nghttp2_mem h2_mem = {NULL, blockpool_mem_malloc, blockpool_mem_free, blockpool_mem_calloc,
+                             blockpool_mem_realloc};
 
 static int new_session(struct h2_conn *h)
 {
