@@ -719,6 +719,18 @@ static struct h2_stream *headers_stream(struct h2_conn *h, int32_t id)
     return nghttp2_session_get_stream_user_data(h->session, id);
 }
 
+/*
+ * A decoded name or value for the exchange. The decoder's buffers go away
+ * after the callback, so it is copied into the arena, unless it comes from
+ * HPACK's static table (":method GET", "accept-encoding"): static memory.
+ */
+static struct slice kept(struct exchange *x, nghttp2_rcbuf *buf)
+{
+    nghttp2_vec b = nghttp2_rcbuf_get_buf(buf);
+    struct slice sl = slice_make((const char *)b.base, b.len);
+    return nghttp2_rcbuf_is_static(buf) ? sl : arena_slice_dup(x->arena, sl);
+}
+
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghttp2_rcbuf *name_buf,
                      nghttp2_rcbuf *value_buf, uint8_t flags, void *user_data)
 {
@@ -729,7 +741,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghtt
     if (!s)
         return 0;
     nghttp2_vec nv = nghttp2_rcbuf_get_buf(name_buf), vv = nghttp2_rcbuf_get_buf(value_buf);
-    const uint8_t *name = nv.base, *value = vv.base;
+    const uint8_t *name = nv.base;
     size_t namelen = nv.len, valuelen = vv.len;
     const struct limits_config *lim = limits(h);
     s->header_bytes += namelen + valuelen + 4;
@@ -752,7 +764,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghtt
         return 0;
     }
     struct slice n = slice_make((const char *)name, namelen);
-    struct slice v = arena_slice_dup(x->arena, slice_make((const char *)value, valuelen));
+    struct slice v = kept(x, value_buf);
     if (namelen > 0 && name[0] == ':') {
         if (slice_eq(n, SLICE_LIT(":method")))
             x->method = v;
@@ -778,9 +790,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghtt
         s->has_expect = true;
     else if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
         s->has_length = true;
-    /* A name from HPACK's static table is static memory: only other names are copied. */
-    header_add(&x->req_headers,
-               nghttp2_rcbuf_is_static(name_buf) ? n : arena_slice_dup(x->arena, n), v);
+    header_add(&x->req_headers, kept(x, name_buf), v);
     return 0;
 }
 
