@@ -278,16 +278,31 @@ def run(argv, timeout, cpu, out=None):
     return r.returncode, text
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, kernel) clock ticks of `pids` so far."""
+    user = kernel = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user, kernel = user + int(fields[11]), kernel + int(fields[12])  # utime, stime
         except (OSError, IndexError, ValueError):
             pass
-    return total
+    return user, kernel
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
+
+
+def cpu_cell(c0, c1, secs, n):
+    """The CPU columns of a cell from two cpu_split() readings `secs` apart
+    over `n` requests: CPU % of one core, CPU µs per request, and the
+    kernel's share of that CPU (stime over utime + stime) in %."""
+    user, kernel = c1[0] - c0[0], c1[1] - c0[1]
+    cpu_s = (user + kernel) / CLK_TCK
+    return dict(cpu_pct=round(100 * cpu_s / secs, 1), cpu_us_per_req=round(1e6 * cpu_s / n, 2),
+                kernel_pct=round(100 * kernel / (user + kernel), 1) if user + kernel else "")
 
 
 def rss_kib(pids):
@@ -644,6 +659,7 @@ class Bench:
         self.instr_rows = []  # the I refs behind each instr/req (instr.csv)
         self.sysc = {}
         self.idle = {}       # target -> dict
+        self.idle_h2 = {}    # the same over h2c (prior knowledge)
         self.notes = []      # failures worth reporting
         self.pcpu = str(a.proxy_cpu)
         self.lcpu = str(a.load_cpu)
@@ -860,7 +876,8 @@ class Bench:
     # ---- one throughput cell
     def cell(self, rnd, wl, target):
         row = dict(round=rnd, workload=wl["id"], target=target, status="ok", rps="", p50_ms="",
-                   p99_ms="", requests="", cpu_pct="", cpu_us_per_req="", detail="")
+                   p99_ms="", requests="", cpu_pct="", cpu_us_per_req="", kernel_pct="",
+                   detail="")
         sk = self.skip(wl, target)
         if sk is not None:
             row.update(status=sk[0], detail=sk[1])
@@ -909,10 +926,10 @@ class Bench:
         if wl["method"] == "POST":
             base += ["-s", os.path.join(LIB, "post1m.lua")]
         run(base + [f"-d{a.warmup}s", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
-        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        t0, c0 = time.monotonic(), cpu_split(pids)
         rc, out = run(base + [f"-d{a.duration}s", "--latency", url], a.duration + 20,
                       self.lcpu, raw + ".txt")
-        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        t1, c1 = time.monotonic(), cpu_split(pids)
         if rc != 0:
             raise BenchError(f"wrk exited {rc}: {out.strip()[-300:]}")
         m = re.search(r"(\d+) requests in", out)
@@ -931,10 +948,8 @@ class Bench:
         if n == 0 or nbad > 0 or nerr > max(10, n // 100):
             raise BenchError(f"{n} requests, {nbad} non-2xx/3xx, socket errors "
                              f"{errs.group(0) if errs else 0} (see {os.path.basename(raw)}.txt)")
-        cpu_s = (c1 - c0) / CLK_TCK
         return dict(rps=round(float(rps.group(1)), 1), p50_ms=ms("50"), p99_ms=ms("99"),
-                    requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_us_per_req=round(1e6 * cpu_s / n, 2))
+                    requests=n, **cpu_cell(c0, c1, t1 - t0, n))
 
     def s_time(self, port, wl, pids, raw):
         """TLS 1.3 handshakes: TLS_CLIENTS `openssl s_time` processes at once,
@@ -984,9 +999,9 @@ class Bench:
             return rcs, [open(o, errors="replace").read() for o in outs]
 
         clients(a.warmup, "-warmup")
-        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        t0, c0 = time.monotonic(), cpu_split(pids)
         rcs, outs = clients(a.duration, "")
-        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        t1, c1 = time.monotonic(), cpu_split(pids)
         n = full = resumed = 0
         for rc, out in zip(rcs, outs):
             m = re.search(r"(\d+) connections in [\d.]+s;", out)
@@ -1002,9 +1017,7 @@ class Bench:
             raise BenchError(f"s_time -reuse: only {resumed} of {full + resumed} handshakes resumed")
         if wl["handshake"] == "new" and resumed:
             raise BenchError(f"s_time -new: {resumed} handshakes were resumed")
-        cpu_s = (c1 - c0) / CLK_TCK
-        return dict(rps=round(n / (t1 - t0), 1), requests=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_us_per_req=round(1e6 * cpu_s / n, 2))
+        return dict(rps=round(n / (t1 - t0), 1), requests=n, **cpu_cell(c0, c1, t1 - t0, n))
 
     def h2load(self, port, wl, pids, raw):
         a = self.a
@@ -1015,10 +1028,10 @@ class Bench:
             raise BenchError(f"h2 probe failed: {out.strip()[-300:]}")
         run(base + [f"-D{a.warmup}", url], a.warmup + 15, self.lcpu, raw + "-warmup.txt")
         logf = raw + "-requests.tsv"
-        t0, c0 = time.monotonic(), cpu_ticks(pids)
+        t0, c0 = time.monotonic(), cpu_split(pids)
         rc, out = run(base + [f"-D{a.duration}", f"--log-file={logf}", url], a.duration + 20,
                       self.lcpu, raw + ".txt")
-        t1, c1 = time.monotonic(), cpu_ticks(pids)
+        t1, c1 = time.monotonic(), cpu_split(pids)
         fin = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", out)
         req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                         r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
@@ -1040,10 +1053,8 @@ class Bench:
             pass
         durs.sort()
         pct = lambda q: round(durs[min(len(durs) - 1, int(q * len(durs)))] / 1000, 3) if durs else ""
-        cpu_s = (c1 - c0) / CLK_TCK
         return dict(rps=round(float(fin.group(3)), 1), p50_ms=pct(0.50), p99_ms=pct(0.99),
-                    requests=done, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_us_per_req=round(1e6 * cpu_s / done, 2))
+                    requests=done, **cpu_cell(c0, c1, t1 - t0, done))
 
     # ---- fixed-count cells
     def load_fixed(self, port, wl, n, raw, timeout):
@@ -1158,25 +1169,33 @@ class Bench:
                 tracer.stop(sig=signal.SIGINT, timeout=10)
             self.stop_target(p)
 
-    def idle_conns(self, target):
+    def idle_conns(self, target, h2=False):
+        """RSS per idle keep-alive connection: HTTP/1.1, or h2c with prior knowledge (h2)."""
         p = None
+        wl = WL["h2small" if h2 else "small"]
+        skip = self.countable(wl, target)
+        if skip:
+            return dict(error=skip)
         try:
-            p, port = self.start_target(target, tag="-idle")
-            probe(port, WL["small"])
+            p, port = self.start_target(target, h2=h2, tag="-idle-h2" if h2 else "-idle")
+            if h2:
+                asyncio.run(probe_h2(port))
+            else:
+                probe(port, wl)
             pids = p.tree() if p else self.backend.tree()
             time.sleep(0.3)
             opened, ok, err, before, after, alive = asyncio.run(
-                idle_session(port, self.a.idle_conns, pids, p))
+                idle_session(port, self.a.idle_conns, pids, p, h2))
             if not alive:
                 raise BenchError(f"{target} died while holding idle connections: {tail(p.logpath)}")
             res = dict(conns=ok, opened=opened, rss_before_kib=before, rss_after_kib=after,
                        kib_per_conn=round((after - before) / ok, 2) if ok else "")
             if ok < self.a.idle_conns:
                 res["error"] = f"only {ok}/{self.a.idle_conns} connections answered ({err})"
-                self.notes.append(f"{target} / idle connections: {res['error']}")
+                self.notes.append(f"{target} / idle connections{' (h2)' if h2 else ''}: {res['error']}")
             return res
         except BenchError as e:
-            self.notes.append(f"{target} / idle connections: {e}")
+            self.notes.append(f"{target} / idle connections{' (h2)' if h2 else ''}: {e}")
             return dict(error=str(e))
         finally:
             self.stop_target(p)
@@ -1236,9 +1255,12 @@ class Bench:
                     log(f"  {wl['id']:8} {target:8} {v} syscalls/req")
         if not a.no_idle:
             log(f"{a.idle_conns} idle keep-alive connections")
-            for target in targets:
-                self.idle[target] = r = self.idle_conns(target)
-                log(f"  {target:8} {r.get('kib_per_conn', 'error')} KiB/conn {r.get('error', '')}")
+            for h2 in (False, True):
+                for target in targets:
+                    r = self.idle_conns(target, h2)
+                    (self.idle_h2 if h2 else self.idle)[target] = r
+                    log(f"  {'h2' if h2 else 'h1'} {target:8} {r.get('kib_per_conn', 'error')} KiB/conn "
+                        f"{r.get('error', '')}")
         if a.ws_workloads:
             log(f"WebSocket: {', '.join(a.ws_workloads)}")
             ws_bench.run(self, sys.modules[__name__], a.ws_workloads)
@@ -1257,8 +1279,67 @@ class Bench:
 IDLE = []
 
 
-async def open_idle(port, count, batch=200):
-    req = b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sluice-bench-idle\r\n\r\n"
+async def idle_h1(r, w):
+    """One keep-alive GET /small over HTTP/1.1; True when answered 200 with its body."""
+    w.write(b"GET /small HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sluice-bench-idle\r\n\r\n")
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    if not head.startswith(b"HTTP/1.1 200") or not m:
+        return False
+    await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
+    return True
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+# The h2c client of the idle cell, frames by hand: the preface, an empty
+# SETTINGS, and GET /small on stream 1 (HPACK: static :method GET, :scheme
+# http, then :path and :authority as literals with indexed names, no Huffman).
+H2_IDLE_REQ = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) +
+               h2_frame(1, 0x5, 1, b"\x82\x86\x04\x06/small\x01\x09127.0.0.1"))
+
+
+async def idle_h2(r, w):
+    """GET /small on stream 1 of a new h2c connection; True when answered
+    :status 200 (static index 8, how every server here encodes it) and the
+    stream ended. Acknowledges the server's SETTINGS, as a client must."""
+    w.write(H2_IDLE_REQ)
+    status = None
+    while True:
+        hdr = await asyncio.wait_for(r.readexactly(9), 10)
+        n, ftype, flags = int.from_bytes(hdr[:3], "big"), hdr[3], hdr[4]
+        stream = int.from_bytes(hdr[5:9], "big") & 0x7FFFFFFF
+        payload = await asyncio.wait_for(r.readexactly(n), 10)
+        if ftype == 4 and not flags & 1:
+            w.write(h2_frame(4, 1, 0))
+        elif ftype == 7 or ftype == 3 and stream == 1:  # GOAWAY, RST_STREAM
+            return False
+        elif stream == 1 and ftype in (0, 1):
+            if ftype == 1:
+                block = payload[1 + payload[0]:] if flags & 0x8 else payload  # PADDED
+                block = block[5:] if flags & 0x20 else block                   # PRIORITY
+                status = block[:1] == b"\x88"
+            if flags & 1:  # END_STREAM
+                return bool(status)
+
+
+async def probe_h2(port):
+    """One h2c GET /small the idle client's way (BenchError unless answered)."""
+    try:
+        r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        try:
+            ok = await idle_h2(r, w)
+        finally:
+            w.close()
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+        raise BenchError(f"h2c probe failed: {type(e).__name__} {e}")
+    if not ok:
+        raise BenchError("h2c probe: no 200 answer on stream 1")
+
+
+async def open_idle(port, count, h2=False, batch=200):
     errors = {}
 
     async def one():
@@ -1269,14 +1350,10 @@ async def open_idle(port, count, batch=200):
             return 0
         IDLE.append(w)
         try:
-            w.write(req)
-            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
-            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-            if not head.startswith(b"HTTP/1.1 200") or not m:
-                errors["bad response"] = errors.get("bad response", 0) + 1
-                return 1
-            await asyncio.wait_for(r.readexactly(int(m.group(1))), 10)
-            return 2
+            if await (idle_h2(r, w) if h2 else idle_h1(r, w)):
+                return 2
+            errors["bad response"] = errors.get("bad response", 0) + 1
+            return 1
         except Exception as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             return 1
@@ -1287,12 +1364,12 @@ async def open_idle(port, count, batch=200):
     return sum(1 for x in results if x >= 1), sum(1 for x in results if x == 2), errors
 
 
-async def idle_session(port, count, pids, proc):
+async def idle_session(port, count, pids, proc, h2=False):
     """RSS of `pids` before, and 1 s after, `count` connections that each
     made one request are open; then close them all."""
     before = rss_kib(pids)
     try:
-        opened, ok, err = await open_idle(port, count)
+        opened, ok, err = await open_idle(port, count, h2)
         await asyncio.sleep(1.0)
         after = rss_kib(pids)
         alive = proc.alive() if proc else True

@@ -226,39 +226,39 @@ class WsBench:
                          str(ECHO_SIZE)], raw)
         try:
             self.line(c, a.warmup + 60, "go")
-            t0, c0 = time.monotonic(), H.cpu_ticks(pids)
+            t0, c0 = time.monotonic(), H.cpu_split(pids)
             done = self.line(c, a.duration + 30, "done")
-            t1, c1 = time.monotonic(), H.cpu_ticks(pids)
+            t1, c1 = time.monotonic(), H.cpu_split(pids)
             c.wait(30)
         finally:
             self.stop_client(c)
         n, secs = int(done[1]), float(done[2])
         if n == 0:
             raise H.BenchError("no round trip completed")
-        cpu_s = (c1 - c0) / H.CLK_TCK
-        return dict(value=round(n / secs, 1), count=n, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_per_unit=round(1e6 * cpu_s / n, 2))
+        cc = H.cpu_cell(c0, c1, t1 - t0, n)
+        return dict(value=round(n / secs, 1), count=n, cpu_pct=cc["cpu_pct"],
+                    cpu_per_unit=cc["cpu_us_per_req"], kernel_pct=cc["kernel_pct"])
 
     def stream(self, target, pids, port, raw, p):
         H = self.H
         c = self.client(["stream", str(port), str(STREAM_BYTES)], raw)
         try:
             self.line(c, 60, "go")
-            t0, c0 = time.monotonic(), H.cpu_ticks(pids)
+            t0, c0 = time.monotonic(), H.cpu_split(pids)
             done = self.line(c, 300, "done")
-            t1, c1 = time.monotonic(), H.cpu_ticks(pids)
+            t1, c1 = time.monotonic(), H.cpu_split(pids)
             c.wait(30)
         finally:
             self.stop_client(c)
         mib, secs = int(done[1]) / (1 << 20), float(done[2])
-        cpu_s = (c1 - c0) / H.CLK_TCK
-        return dict(value=round(mib / secs, 1), count=mib, cpu_pct=round(100 * cpu_s / (t1 - t0), 1),
-                    cpu_per_unit=round(1e6 * cpu_s / mib, 1))
+        cc = H.cpu_cell(c0, c1, t1 - t0, mib)
+        return dict(value=round(mib / secs, 1), count=mib, cpu_pct=cc["cpu_pct"],
+                    cpu_per_unit=round(cc["cpu_us_per_req"], 1), kernel_pct=cc["kernel_pct"])
 
     def cell(self, rnd, wl, target):
         H, b = self.H, self.b
         row = dict(round=rnd, workload=wl, target=target, status="ok", value="", cpu_pct="",
-                   cpu_per_unit="", detail="")
+                   cpu_per_unit="", kernel_pct="", detail="")
         p = None
         tag = f"-{wl}-r{rnd}"
         try:
@@ -332,7 +332,7 @@ def summary(b):
         ok = [r for r in rs if r["status"] == "ok"]
         s = dict(rounds=len(rs), rounds_ok=len(ok), status="ok" if len(ok) == len(rs) else
                  (f"{len(rs) - len(ok)} of {len(rs)} rounds failed" if ok else "error"))
-        for key in ("value", "cpu_pct", "cpu_per_unit", "rss_before_kib", "rss_after_kib"):
+        for key in ("value", "cpu_pct", "cpu_per_unit", "kernel_pct", "rss_before_kib", "rss_after_kib"):
             s[key] = _median(ok, key)
         res[k] = s
     return res
@@ -421,6 +421,8 @@ def report_lines(b):
                 return txt
             unit = {"ws_idle": "", "ws_echo": " µs/rt", "ws_stream": " µs/MiB"}[wl]
             cpu = fmt(s["cpu_pct"]) if s["cpu_pct"] is not None else "—"
+            if s.get("kernel_pct") is not None:
+                cpu += f" (kernel {fmt(s['kernel_pct'], 0)} %)"
             per = (fmt(s["cpu_per_unit"], 2) + unit) if s["cpu_per_unit"] is not None else "—"
             if t == "direct":
                 cpu, per = f"({cpu})", f"({per})"

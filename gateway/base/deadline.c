@@ -13,7 +13,8 @@
 struct deadline_list {
     struct deadline *head;
     struct deadline *tail;
-    int timeout_ms; /* -1 for the defer queue */
+    int timeout_ms;  /* -1 for the defer queue */
+    int64_t fire_ms; /* when the pending timer fires; 0 when it is not pending */
     struct event *ev;
     struct deadlines *owner;
 };
@@ -40,8 +41,18 @@ static void unlink_node(struct deadline *d)
     d->list = NULL;
 }
 
+/*
+ * Sets the list's timer for its head. A timer still pending from nodes that
+ * were cancelled since is kept when it fires no later than the head is due:
+ * it finds nothing due and sets itself for the head then. A list that
+ * empties and fills again with every request (a few connections in one
+ * state at a time) so costs no libevent heap operation per request.
+ */
 static void schedule(struct deadline_list *l, int64_t now)
 {
+    if (l->fire_ms && l->fire_ms <= l->head->when_ms)
+        return;
+    l->fire_ms = l->head->when_ms;
     int64_t wait = l->head->when_ms - now;
     if (wait < 1)
         wait = 1;
@@ -53,6 +64,7 @@ static void on_list_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct deadline_list *l = arg;
     int64_t now = clock_coarse_ms();
+    l->fire_ms = 0;
     /* The callback may re-arm into this list (at its tail) or free other nodes. */
     while (l->head && l->head->when_ms <= now) {
         struct deadline *d = l->head;

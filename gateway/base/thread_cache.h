@@ -1,6 +1,7 @@
 /*
  * thread_cache: the per-thread caches of a worker in one struct
- * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c),
+ * (ARCHITECTURE "Memory: four lifetimes"): spare arenas (arena.c), small
+ * blocks (blockpool.c),
  * spare evbuffers (net/conn.c), spare splice pipes (net/splice.c) and the
  * worker's metrics table (ops/metrics.c) and access log ring
  * (ops/accesslog.c). The worker embeds one,
@@ -23,8 +24,11 @@
 #ifndef SLUICE_THREAD_CACHE_H
 #define SLUICE_THREAD_CACHE_H
 
+#include <stddef.h>
+
 struct accesslog_ring;
 struct arena;
+struct block;
 struct evbuffer;
 struct metrics_table;
 
@@ -34,6 +38,10 @@ struct metrics_table;
 #define THREAD_CACHE_BUFFERS 128
 /* Empty 1 MiB splice pipes kept for the next large body or tunnel. */
 #define THREAD_CACHE_PIPES 4
+/* Small blocks (base/blockpool.c, nghttp2's allocations): 32-byte classes up to 1 KiB. */
+#define THREAD_CACHE_BLOCK_CLASSES 32
+/* ... and at most this many bytes of them cached in all. */
+#define THREAD_CACHE_BLOCK_BYTES (256 * 1024)
 
 struct thread_cache {
     /* base/arena.c: freed arenas kept for the next arena_new of the same size. */
@@ -45,6 +53,9 @@ struct thread_cache {
     /* net/splice.c: empty pipes (read end, write end). */
     int pipes[THREAD_CACHE_PIPES][2];
     int num_pipes;
+    /* base/blockpool.c: a free list of blocks for each size class. */
+    struct block *blocks[THREAD_CACHE_BLOCK_CLASSES];
+    size_t block_bytes;
     /* ops/metrics.c: this worker's counters (owned by the metrics module, which scrapes them). */
     struct metrics_table *metrics;
     /* ops/accesslog.c: this worker's ring of log lines (owned by the access log module). */

@@ -15,6 +15,8 @@
 #include <event2/event.h>
 
 #include "base/clock.h"
+#include "base/container_of.h"
+#include "base/deadline.h"
 #include "base/log.h"
 #include "conf/config.h"
 #include "core/exchange.h"
@@ -59,7 +61,7 @@ struct proxy {
     struct upstream_stream *stream; /* the current attempt's; NULL between attempts */
     struct upstream_request rq;     /* built once from the exchange: slices, no copies */
     struct upstream_response resp;  /* filled by the codec, copied into the exchange */
-    struct event *timer;
+    struct deadline timer; /* the phase timeout: a list node, not a libevent timer (deadline.h) */
     enum proxy_state state;
     struct target *tried[PROXY_MAX_TRIES];
     size_t num_tried;
@@ -94,9 +96,8 @@ static bool idempotent(struct slice m)
 
 static void arm(struct proxy *p, int ms)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     p->client_wait = false;
-    event_add(p->timer, &tv);
+    deadline_arm(p->x->worker->deadlines, &p->timer, ms);
 }
 
 /*
@@ -147,10 +148,7 @@ static void proxy_cancel(struct exchange *x)
     splice_end(p);
     drop_stream(p);
     drop_target(p);
-    if (p->timer) {
-        event_del(p->timer); /* the event itself lives in the arena */
-        p->timer = NULL;
-    }
+    deadline_cancel(&p->timer);
     if (p->replay)
         evbuffer_free(p->replay);
     p->replay = NULL;
@@ -191,7 +189,7 @@ static void fail(struct proxy *p, enum upstream_failure why, int status, const c
         metrics_upstream_response(p->cfg->name, p->target->name, status);
     }
     drop_stream(p);
-    event_del(p->timer);
+    deadline_cancel(&p->timer);
     if (x->head_sent) {
         /*
          * Part of the response is already with the client: all we can do is
@@ -228,9 +226,9 @@ static void fail(struct proxy *p, enum upstream_failure why, int status, const c
     respond(p, status, message);
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+static void on_timer(struct deadline *d)
 {
-    struct proxy *p = arg;
+    struct proxy *p = container_of(d, struct proxy, timer);
     if (p->client_wait) {
         struct exchange *x = p->x;
         size_t pending = p->splice ? 0 : exchange_pending(x);
@@ -590,7 +588,7 @@ static void on_head(void *owner)
             fail(p, UPSTREAM_FAIL_AFTER_SEND, 502, "the upstream switched protocols unasked");
             return;
         }
-        event_del(p->timer);
+        deadline_cancel(&p->timer);
         exchange_send_head(x);
         /* The tunnel takes the connection, the target's count and the client codec... */
         struct target *target = p->target;
@@ -622,7 +620,7 @@ static void on_end(void *owner)
 {
     struct proxy *p = owner;
     struct exchange *x = p->x;
-    event_del(p->timer);
+    deadline_cancel(&p->timer);
     if (p->resp.trailers.count)
         x->resp_trailers = p->resp.trailers;
     if (!x->req_body_done)
@@ -727,8 +725,7 @@ static void proxy_start(struct exchange *x)
     p->stale_left = PROXY_MAX_STALE;
     p->timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : p->cfg->timeout_ms;
     /* The timer lives in the arena: no malloc per request. */
-    p->timer = arena_alloc(x->arena, event_get_struct_event_size());
-    event_assign(p->timer, p->up->base, -1, 0, on_timer, p);
+    deadline_init(&p->timer, on_timer);
     if (x->req_has_body)
         p->replay = evbuffer_new();
     arena_cleanup_add(x->arena, on_cleanup, x);

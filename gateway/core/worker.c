@@ -12,6 +12,7 @@
 #include <event2/event.h>
 
 #include "base/arena.h"
+#include "base/blockpool.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "base/deadline.h"
@@ -302,6 +303,7 @@ fail:
 static void cache_clear(struct worker *w)
 {
     arena_cache_clear(&w->cache);
+    blockpool_cache_clear(&w->cache);
     conn_cache_clear(&w->cache);
     splice_cache_clear(&w->cache);
     metrics_cache_clear(&w->cache);

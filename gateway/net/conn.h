@@ -3,8 +3,9 @@
  *
  * Why not bufferevents: libevent 2.1's socket bufferevent asks FIONREAD
  * before every read and reads 4 KiB at a time, and a queued write waits for
- * an epoll round trip. Here a readable event does one large readv into space
- * reserved in the input evbuffer, and a write is attempted at once
+ * an epoll round trip. Here a readable event does one large read (recv or
+ * recvmsg: socket calls, not the file layer's read/readv) into space
+ * reserved in the input evbuffer, and a write (send or sendmsg) is attempted at once
  * (conn_flush), registering for writability only when the kernel says
  * EAGAIN. The read event stays registered for the connection's whole life
  * unless the owner pauses reading for backpressure.
@@ -16,8 +17,8 @@
  * pulled together) at a time. Plain connections pay nothing for this: the
  * TLS paths branch off on c->ssl.
  *
- * Owns: the file descriptor, its two events, the in/out evbuffers, and the
- * SSL object once a TLS call took it.
+ * Owns: the file descriptor, its two events (the read event embedded), the
+ * in/out evbuffers, and the SSL object once a TLS call took it.
  * Promises: callbacks are only ever called from the event loop, never from
  * inside conn_* calls, so the owner may call any conn_* from a callback.
  * After conn_close() no callback runs.
@@ -31,7 +32,8 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-struct event;
+#include <event2/event_struct.h>
+
 struct event_base;
 struct evbuffer;
 struct conn;
@@ -50,28 +52,35 @@ struct conn_events {
     void (*on_handshake)(struct conn *c);
 };
 
+/*
+ * Laid out for idle connections, which add up (docs/internals/memory.md):
+ * the read event lives inside the struct (no separate 128-byte allocation
+ * and its malloc header), the write event is made only when a write has to
+ * wait, and the fields are ordered so the struct has no holes.
+ */
 struct conn {
-    int fd;
-    struct event *rev;
+    struct event rev; /* the read event: valid while rev_set */
     struct event *wev;
     struct evbuffer *in;
     struct evbuffer *out;
     const struct conn_events *events;
     void *owner;
+    int fd;
+    int connect_err; /* a connect that failed at once, reported from the loop */
+    bool rev_set;    /* rev is assigned (event_assign): conn_close deletes it */
     bool eof;        /* the peer closed its side */
     bool reading;    /* the read event is registered */
     bool connecting; /* a non-blocking connect is in progress */
     bool write_wait; /* the write event is registered */
     bool bulk;       /* the last read filled the small-read buffer: read big */
-    int connect_err; /* a connect that failed at once, reported from the loop */
     /* TLS: everything below is unused (NULL, false, 0) on plain connections. */
-    struct ssl_st *ssl;      /* owned: freed by conn_close */
     bool handshaking;        /* the TLS handshake has not completed */
     bool tls_hs_write;       /* the handshake waits for writability */
     bool tls_read_write;     /* SSL_read waits for writability */
     bool tls_write_read;     /* SSL_write waits for readability */
     bool tls_failed;         /* a fatal TLS error: no close_notify */
     int tls_pending_err;     /* an error to report after delivering the bytes read with it */
+    struct ssl_st *ssl;      /* owned: freed by conn_close */
     unsigned long tls_error; /* the OpenSSL error code of a failure (ERR_get_error), or 0 */
     long tls_verify;         /* SSL_get_verify_result after a failed client handshake */
 };

@@ -99,10 +99,10 @@ int http1_response_framing(int status, bool head_request, const struct header *h
  */
 struct http1_chunked {
     int state;
+    int digits;
     uint64_t remaining; /* payload bytes left in the current chunk */
     size_t line_bytes;  /* bytes seen on the current framing line */
     size_t trailer_bytes;
-    int digits;
 };
 
 void http1_chunked_init(struct http1_chunked *d);

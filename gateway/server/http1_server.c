@@ -36,51 +36,56 @@ enum h1_state {
     H1_CLOSING,  /* flushing the last response, then lingering, then close */
 };
 
+/*
+ * Every field stays for the connection's whole life, so an idle keep-alive
+ * connection carries all of it: pointers first, then the smaller members,
+ * the flags as one-bit fields (docs/internals/memory.md).
+ */
 struct h1_conn {
     struct client_conn link;
     struct conn *conn; /* adopted: this codec owns and frees it */
     struct exchange_side side;
     struct worker *w;
+    struct exchange *x;
+    char *client_subject;    /* mTLS: the verified client certificate's subject, or NULL */
+    struct deadline timeout; /* header, idle, body or linger timeout */
+    struct deadline kick;    /* deferred work: pipelined input, a failed write, an abort */
+    size_t closing_left;     /* closing: output not yet taken when the timer was armed */
+    /* request body */
+    uint64_t req_left;
+    uint64_t req_total;
+    struct http1_chunked chunked;
     union {
         struct sockaddr sa;
         struct sockaddr_in in;
         struct sockaddr_in6 in6;
-    } peer; /* 28 bytes, not a 128-byte sockaddr_storage: idle connections add up */
-    struct exchange *x;
-    struct deadline timeout; /* header, idle, body or linger timeout */
-    struct deadline kick;    /* deferred work: pipelined input, a failed write, an abort */
+    } peer; /* 28 bytes, not a 128-byte sockaddr_storage */
     enum h1_state state;
+    enum http1_framing req_framing;
     unsigned requests;
     int busy;              /* nested callbacks into the exchange; free only at 0 */
-    bool dead;             /* socket closed; free when not busy */
-    bool fresh;            /* no request yet: header_timeout runs from accept */
-    bool keepalive;        /* the current exchange allows another request after it */
-    bool close_after;      /* close after the current response */
-    bool want_process;     /* pipelined input waits to be parsed */
-    bool out_full;         /* parsing waits for the client to read our output */
-    bool shut;             /* write side shut down (lingering) */
-    size_t closing_left;   /* closing: output not yet taken when the timer was armed */
     unsigned flags;        /* enum listen_flags */
-    bool tls;              /* the connection came over TLS */
-    char *client_subject;  /* mTLS: the verified client certificate's subject, or NULL */
-    bool client_10;        /* the current request is HTTP/1.0 */
     bool client_keepalive; /* the current request allows another one after it */
-    bool write_failed;     /* a write to the client failed; close from the loop */
-    bool handed_off;       /* the socket went to the HTTP/2 codec (h2c preface) */
-    bool tunnel;           /* a WebSocket after its 101: raw bytes both ways (core/tunnel) */
-    bool tunnel_shut;      /* the tunnel passed the upstream's FIN on: shut down once flushed */
-    /* request body */
-    enum http1_framing req_framing;
-    uint64_t req_left;
-    uint64_t req_total;
-    struct http1_chunked chunked;
-    bool body_done;
-    bool body_paused;
-    bool body_spliced; /* the proxy reads the rest of the body from the socket */
+    bool dead : 1;         /* socket closed; free when not busy */
+    bool fresh : 1;        /* no request yet: header_timeout runs from accept */
+    bool keepalive : 1;    /* the current exchange allows another request after it */
+    bool close_after : 1;  /* close after the current response */
+    bool want_process : 1; /* pipelined input waits to be parsed */
+    bool out_full : 1;     /* parsing waits for the client to read our output */
+    bool shut : 1;         /* write side shut down (lingering) */
+    bool tls : 1;          /* the connection came over TLS */
+    bool client_10 : 1;    /* the current request is HTTP/1.0 */
+    bool write_failed : 1; /* a write to the client failed; close from the loop */
+    bool handed_off : 1;   /* the socket went to the HTTP/2 codec (h2c preface) */
+    bool tunnel : 1;       /* a WebSocket after its 101: raw bytes both ways (core/tunnel) */
+    bool tunnel_shut : 1;  /* the tunnel passed the upstream's FIN on: shut down once flushed */
+    bool body_done : 1;
+    bool body_paused : 1;
+    bool body_spliced : 1; /* the proxy reads the rest of the body from the socket */
     /* response */
-    bool resp_chunked;
-    bool resp_close_delimited;
-    bool resp_done;
+    bool resp_chunked : 1;
+    bool resp_close_delimited : 1;
+    bool resp_done : 1;
 };
 
 static const struct exchange_side_ops h1_ops;

@@ -10,6 +10,7 @@
 #include <event2/event.h>
 #include <nghttp2/nghttp2.h>
 
+#include "base/blockpool.h"
 #include "base/clock.h"
 #include "base/container_of.h"
 #include "conf/config.h"
@@ -81,6 +82,10 @@ struct h2_stream {
     size_t header_fields;
     uint64_t req_total; /* request body bytes */
     int error_status;   /* answer this instead of starting (431) */
+    unsigned cookies;   /* Cookie fields in the request head */
+    bool has_host;      /* ... a Host field, Content-Length, Expect: start_stream looks only then */
+    bool has_length;
+    bool has_expect;
     const char *error_message;
     bool ready;         /* the request head is complete */
     bool started;       /* exchange_start ran */
@@ -117,7 +122,8 @@ struct h2_conn {
     struct event *work;  /* run() from the loop */
     struct h2_stream *streams;
     size_t num_streams;
-    size_t out_total; /* response bytes in the streams' buffers */
+    struct h2_stream *hd_stream; /* the stream whose header block is being decoded */
+    size_t out_total;            /* response bytes in the streams' buffers */
     int busy;
     bool dead;
     bool in_run;
@@ -217,10 +223,28 @@ static void free_stream(struct h2_conn *h, struct h2_stream *s)
     if (s->next)
         s->next->prev = s->prev;
     h->num_streams--;
+    if (h->hd_stream == s)
+        h->hd_stream = NULL;
     h->out_total -= evbuffer_get_length(s->out);
-    evbuffer_free(s->out);
+    conn_buffer_put(s->out);
     free(s->trailers);
-    free(s);
+    blockpool_free(s);
+}
+
+/*
+ * A zeroed stream with an empty `out` buffer. Both come from the worker's
+ * spares (blockpool, conn_buffer_get): a stream is made and freed for every
+ * request, and an idle connection keeps none.
+ */
+static struct h2_stream *new_stream(void)
+{
+    struct h2_stream *s = blockpool_calloc(1, sizeof *s);
+    s->out = conn_buffer_get();
+    if (!s->out) {
+        blockpool_free(s);
+        return NULL;
+    }
+    return s;
 }
 
 static void destroy(struct h2_conn *h)
@@ -305,22 +329,6 @@ static void on_exchange_gone(void *arg)
 
 /* ---- side operations ----------------------------------------------------- */
 
-/* HTTP/2 field names are lower case on the wire (RFC 9113 8.2.1); HTTP/1 upstreams vary. */
-static uint8_t *lower_name(struct arena *a, struct slice n)
-{
-    bool upper = false;
-    for (size_t i = 0; i < n.len && !upper; i++)
-        upper = n.base[i] >= 'A' && n.base[i] <= 'Z';
-    if (!upper)
-        return (uint8_t *)(uintptr_t)n.base;
-    char *out = arena_alloc(a, n.len);
-    for (size_t i = 0; i < n.len; i++) {
-        char c = n.base[i];
-        out[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-    }
-    return (uint8_t *)out;
-}
-
 static nghttp2_nv make_nv(uint8_t *name, size_t namelen, struct slice value)
 {
     return (nghttp2_nv){name, (uint8_t *)(uintptr_t)value.base, namelen, value.len,
@@ -402,7 +410,8 @@ static void h2_send_head(struct exchange *x)
         if (tunnel && (slice_ieq(name, SLICE_LIT("Sec-WebSocket-Accept")) ||
                        slice_ieq(name, SLICE_LIT("Upgrade"))))
             continue; /* the key was the gateway's; HTTP/2 has no Upgrade */
-        nva[n] = make_nv(lower_name(x->arena, name), name.len, l->items[i].value);
+        /* nghttp2 copies the field and lower-cases its name (RFC 9113 8.2.1) as it does. */
+        nva[n] = make_nv((uint8_t *)(uintptr_t)name.base, name.len, l->items[i].value);
         /* A value new on every response would only churn the HPACK table. */
         if (slice_ieq(name, SLICE_LIT("X-Request-Id")))
             nva[n].flags = NGHTTP2_NV_FLAG_NO_INDEX;
@@ -664,14 +673,9 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         calm_down(h, "too many streams at once");
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    struct h2_stream *s = calloc(1, sizeof *s);
+    struct h2_stream *s = new_stream();
     if (!s)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    s->out = evbuffer_new();
-    if (!s->out) {
-        free(s);
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    }
     s->h = h;
     s->id = frame->hd.stream_id;
     s->side.ops = &h2_ops;
@@ -687,8 +691,11 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     }
     header_list_init(&x->req_headers, x->arena, 16);
     arena_cleanup_add(x->arena, on_exchange_gone, s);
-    s->body = x->req_body;
-    s->body_cb = evbuffer_add_cb(x->req_body, on_body_moved, s);
+    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        /* A request body may follow (HEADERS with END_STREAM has none): its window is watched. */
+        s->body = x->req_body;
+        s->body_cb = evbuffer_add_cb(x->req_body, on_body_moved, s);
+    }
     s->next = h->streams;
     if (h->streams)
         h->streams->prev = s;
@@ -700,19 +707,42 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         event_del(h->timer);
     }
     nghttp2_session_set_stream_user_data(session, s->id, s);
+    h->hd_stream = s;
     return 0;
 }
 
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *user_data)
+/* The stream of a HEADERS frame being received: usually the one on_begin_headers just made. */
+static struct h2_stream *headers_stream(struct h2_conn *h, int32_t id)
+{
+    if (h->hd_stream && h->hd_stream->id == id)
+        return h->hd_stream;
+    return nghttp2_session_get_stream_user_data(h->session, id);
+}
+
+/*
+ * A decoded name or value for the exchange. The decoder's buffers go away
+ * after the callback, so it is copied into the arena, unless it comes from
+ * HPACK's static table (":method GET", "accept-encoding"): static memory.
+ */
+static struct slice kept(struct exchange *x, nghttp2_rcbuf *buf)
+{
+    nghttp2_vec b = nghttp2_rcbuf_get_buf(buf);
+    struct slice sl = slice_make((const char *)b.base, b.len);
+    return nghttp2_rcbuf_is_static(buf) ? sl : arena_slice_dup(x->arena, sl);
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghttp2_rcbuf *name_buf,
+                     nghttp2_rcbuf *value_buf, uint8_t flags, void *user_data)
 {
     struct h2_conn *h = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    struct h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+    struct h2_stream *s = headers_stream(h, frame->hd.stream_id);
     if (!s)
         return 0;
+    nghttp2_vec nv = nghttp2_rcbuf_get_buf(name_buf), vv = nghttp2_rcbuf_get_buf(value_buf);
+    const uint8_t *name = nv.base;
+    size_t namelen = nv.len, valuelen = vv.len;
     const struct limits_config *lim = limits(h);
     s->header_bytes += namelen + valuelen + 4;
     s->header_fields++;
@@ -734,7 +764,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return 0;
     }
     struct slice n = slice_make((const char *)name, namelen);
-    struct slice v = arena_slice_dup(x->arena, slice_make((const char *)value, valuelen));
+    struct slice v = kept(x, value_buf);
     if (namelen > 0 && name[0] == ':') {
         if (slice_eq(n, SLICE_LIT(":method")))
             x->method = v;
@@ -751,7 +781,16 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         s->error_message = "more header fields than limits.max_headers";
         return 0;
     }
-    header_add(&x->req_headers, arena_slice_dup(x->arena, n), v);
+    /* Names are lower case (nghttp2 rejects others): the fields start_stream needs are noted. */
+    if (namelen == 4 && memcmp(name, "host", 4) == 0)
+        s->has_host = true;
+    else if (namelen == 6 && memcmp(name, "cookie", 6) == 0)
+        s->cookies++;
+    else if (namelen == 6 && memcmp(name, "expect", 6) == 0)
+        s->has_expect = true;
+    else if (namelen == 14 && memcmp(name, "content-length", 14) == 0)
+        s->has_length = true;
+    header_add(&x->req_headers, kept(x, name_buf), v);
     return 0;
 }
 
@@ -793,7 +832,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     struct h2_conn *h = user_data;
     struct h2_stream *s = NULL;
     if (frame->hd.stream_id)
-        s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
+        s = headers_stream(h, frame->hd.stream_id);
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
         if (!s)
@@ -854,6 +893,8 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t
         return 0;
     s->closed = true;
     nghttp2_session_set_stream_user_data(session, stream_id, NULL);
+    if (h->hd_stream == s)
+        h->hd_stream = NULL;
     schedule(h);
     return 0;
 }
@@ -894,11 +935,14 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
     if (s->authority.len) {
         /* :authority wins over Host (RFC 9113 8.3.1); the upstream gets it as Host. */
         x->host = s->authority;
-        header_set(&x->req_headers, SLICE_LIT("Host"), s->authority);
+        if (s->has_host)
+            header_set(&x->req_headers, SLICE_LIT("Host"), s->authority);
+        else
+            header_add(&x->req_headers, SLICE_LIT("Host"), s->authority);
     }
     /* Cookie crumbs are joined for HTTP/1 upstreams (RFC 9113 8.2.3). */
     static const struct slice cookie = SLICE_LIT("Cookie");
-    size_t crumbs = header_count(&x->req_headers, cookie);
+    size_t crumbs = s->cookies > 1 ? header_count(&x->req_headers, cookie) : 0;
     if (crumbs > 1) {
         struct slice *parts = arena_alloc(x->arena, (2 * crumbs) * sizeof *parts);
         size_t n = 0;
@@ -911,7 +955,7 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
         header_set(&x->req_headers, cookie, arena_concat(x->arena, parts, n));
     }
     static const struct slice cl_name = SLICE_LIT("Content-Length");
-    const struct slice *cl = header_get(&x->req_headers, cl_name);
+    const struct slice *cl = s->has_length ? header_get(&x->req_headers, cl_name) : NULL;
     if (cl) {
         /* nghttp2 checked it is one number and that DATA matches it. */
         int64_t v = 0;
@@ -925,7 +969,8 @@ static void start_stream(struct h2_conn *h, struct h2_stream *s)
     if (s->protocol.len && slice_eq(x->method, SLICE_LIT("CONNECT")) &&
         slice_ieq(s->protocol, SLICE_LIT("websocket")))
         bridge_websocket(h, s);
-    const struct slice *expect = header_get(&x->req_headers, SLICE_LIT("Expect"));
+    const struct slice *expect =
+        s->has_expect ? header_get(&x->req_headers, SLICE_LIT("Expect")) : NULL;
     if (expect) {
         x->expect_continue = slice_ieq(*expect, SLICE_LIT("100-continue"));
         header_remove(&x->req_headers, SLICE_LIT("Expect"));
@@ -1093,15 +1138,36 @@ static void check_state(struct h2_conn *h)
     if (!h->streams && !h->idle_armed) {
         h->idle_armed = true;
         arm_timer(h, h->fresh ? limits(h)->header_timeout_ms : limits(h)->idle_timeout_ms);
-    } else if (h->streams && (h->idle_armed || !h->stall_armed)) {
+    }
+    if (!h->streams && !nghttp2_session_want_write(h->session))
+        conn_release_buffers(h->conn); /* idle: see have_buffers */
+    else if (h->streams && (h->idle_armed || !h->stall_armed)) {
         h->idle_armed = false;
         arm_stall_tick(h);
     }
 }
 
+/*
+ * An idle connection (no stream, nothing to send) lends its evbuffers back
+ * (conn_release_buffers, as HTTP/1.1 does); a read borrows them again by
+ * itself, and run() and service() borrow them before using them. False
+ * when that failed and the connection was closed.
+ */
+static bool have_buffers(struct h2_conn *h)
+{
+    if (h->dead || conn_borrow_buffers(h->conn) == 0)
+        return true;
+    close_now(h);
+    return false;
+}
+
 static void run(struct h2_conn *h)
 {
     h->busy++;
+    if (!have_buffers(h)) {
+        leave(h);
+        return;
+    }
     h->in_run = true;
     for (int round = 0; round < 8 && !h->dead; round++) {
         h->again = false;
@@ -1168,8 +1234,9 @@ static void feed(struct h2_conn *h)
 static void service(struct h2_conn *h)
 {
     h->busy++;
-    feed(h);
-    if (h->conn->eof && !h->dead) {
+    if (have_buffers(h))
+        feed(h);
+    if (!h->dead && h->conn->eof) {
         /* The client is gone: whatever is in flight is dropped. */
         close_now(h);
     }
@@ -1267,6 +1334,14 @@ static const struct conn_events h2_conn_events = {
     .on_error = on_error,
 };
 
+/*
+ * nghttp2 allocates and frees a handful of small objects for every stream
+ * (the stream, the queued frames, copies of the response fields, decoded
+ * header buffers): the worker's free lists serve them (base/blockpool.h).
+ */
+static nghttp2_mem h2_mem = {NULL, blockpool_mem_malloc, blockpool_mem_free, blockpool_mem_calloc,
+                             blockpool_mem_realloc};
+
 static int new_session(struct h2_conn *h)
 {
     nghttp2_session_callbacks *cb;
@@ -1276,7 +1351,7 @@ static int new_session(struct h2_conn *h)
     nghttp2_session_callbacks_set_send_data_callback(cb, on_send_data);
     nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_header_callback2(cb, on_header);
     nghttp2_session_callbacks_set_on_invalid_header_callback(cb, on_invalid_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
@@ -1303,7 +1378,7 @@ static int new_session(struct h2_conn *h)
      * SETTINGS_MAX_CONCURRENT_STREAMS (limits.h2_max_concurrent_streams),
      * the oldest closed stream being freed first.
      */
-    int rv = nghttp2_session_server_new2(&h->session, cb, h, opt);
+    int rv = nghttp2_session_server_new3(&h->session, cb, h, opt, &h2_mem);
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0)

@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 
 #include "base/arena.h"
+#include "base/blockpool.h"
 #include "conf/config.h"
 #include "net/conn.h"
 #include "base/header.h"
@@ -234,24 +235,6 @@ static ssize_t on_read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     return (ssize_t)n;
 }
 
-static bool is_upper_free(struct slice s)
-{
-    for (size_t i = 0; i < s.len; i++)
-        if (s.base[i] >= 'A' && s.base[i] <= 'Z')
-            return false;
-    return true;
-}
-
-static struct slice lower_copy(struct arena *a, struct slice s)
-{
-    if (is_upper_free(s))
-        return s;
-    char *c = arena_alloc(a, s.len);
-    for (size_t i = 0; i < s.len; i++)
-        c[i] = (s.base[i] >= 'A' && s.base[i] <= 'Z') ? (char)(s.base[i] + 32) : s.base[i];
-    return slice_make(c, s.len);
-}
-
 /* RFC 9113 8.2.2: connection-specific fields never go on HTTP/2; TE only as "trailers". */
 static bool forbidden_field(const struct header *f)
 {
@@ -293,7 +276,8 @@ static void submit(struct h2_session *s, struct h2_upstream_stream *st)
     for (size_t i = 0; i < h->count; i++) {
         if (forbidden_field(&h->items[i]))
             continue;
-        nva[n] = make_nv(lower_copy(rq->arena, h->items[i].name), h->items[i].value);
+        /* nghttp2 lower-cases the names as it copies them (RFC 9113 8.2.1). */
+        nva[n] = make_nv(h->items[i].name, h->items[i].value);
         /* A value new on every request would only churn the HPACK table. */
         if (slice_ieq(h->items[i].name, SLICE_LIT("X-Request-Id")))
             nva[n].flags = NGHTTP2_NV_FLAG_NO_INDEX;
@@ -387,13 +371,15 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     return 0;
 }
 
-static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *user)
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, nghttp2_rcbuf *name_buf,
+                     nghttp2_rcbuf *value_buf, uint8_t flags, void *user)
 {
     struct h2_upstream_stream *st = find(user, frame->hd.stream_id);
     if (!st || frame->hd.type != NGHTTP2_HEADERS)
         return 0;
+    nghttp2_vec nv = nghttp2_rcbuf_get_buf(name_buf), vv = nghttp2_rcbuf_get_buf(value_buf);
+    const uint8_t *name = nv.base, *value = vv.base;
+    size_t namelen = nv.len, valuelen = vv.len;
     st->field_bytes += namelen + valuelen + 32;
     if (st->field_bytes > H2C_MAX_HEAD)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -404,8 +390,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return 0;
     }
     struct arena *a = st->rq->arena;
-    /* The decoder's buffers go away after this call: the fields are copied. */
-    header_add(&st->fields, arena_slice_dup(a, slice_make((const char *)name, namelen)),
+    /* The decoder's buffers go away after this call: the fields are copied, except a
+     * name from HPACK's static table, which is static memory. */
+    struct slice n = slice_make((const char *)name, namelen);
+    header_add(&st->fields, nghttp2_rcbuf_is_static(name_buf) ? n : arena_slice_dup(a, n),
                arena_slice_dup(a, slice_make((const char *)value, valuelen)));
     return 0;
 }
@@ -721,6 +709,10 @@ static uint32_t known_capacity(const struct pool *p)
     return n ? n : H2C_INITIAL_STREAMS;
 }
 
+/* nghttp2's per-stream allocations come from the worker's free lists (base/blockpool.h). */
+static nghttp2_mem h2c_mem = {NULL, blockpool_mem_malloc, blockpool_mem_free, blockpool_mem_calloc,
+                              blockpool_mem_realloc};
+
 static struct h2_session *session_new(struct event_base *base, struct target *t,
                                       const struct upstream_config *cfg)
 {
@@ -735,7 +727,7 @@ static struct h2_session *session_new(struct event_base *base, struct target *t,
     if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0)
         goto fail;
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_header_callback2(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
@@ -743,7 +735,7 @@ static struct h2_session *session_new(struct event_base *base, struct target *t,
     nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(opt, known_capacity(&t->pool));
-    if (nghttp2_session_client_new2(&s->ng, cbs, s, opt) != 0) {
+    if (nghttp2_session_client_new3(&s->ng, cbs, s, opt, &h2c_mem) != 0) {
         s->ng = NULL;
         goto fail;
     }

@@ -40,6 +40,7 @@
 #include "base/header.h"
 #include "conf/config.h"
 #include "core/exchange.h"
+#include "base/thread_cache.h"
 #include "core/worker.h"
 #include "net/loop.h"
 #include "server/http2_server.h"
@@ -167,6 +168,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     worker_snapshot_release(worker_snapshot_acquire(w));
     if (!w->current)
         abort();
+    /* The thread's caches, as a running worker has them: nghttp2's blocks come and go
+     * through the free lists (base/blockpool.h), where ASan poisons the cached ones. */
+    thread_cache_set(&w->cache);
     return 0;
 }
 

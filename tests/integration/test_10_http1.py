@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from conftest import (RawConn, ServerSide, assert_gateway_error, conn_request, rec_header,
-                      sha256, upstream)
+from conftest import (RawConn, ServerSide, assert_gateway_error, conn_request, pattern_bytes,
+                      rec_header, sha256, upstream)
 
 
 @pytest.fixture
@@ -261,3 +261,35 @@ def test_connection_close_from_client(proxied):
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert c.read_response().status == 200
         assert c.closed_within(3)
+
+
+def test_idle_connections_all_wake_at_once(sluice, backend):
+    """An idle keep-alive connection holds no buffers and no write event
+    (docs/internals/memory.md): 300 of them, idle after one request, all
+    send two pipelined requests at once, the first answered with 256 KiB to
+    clients with small receive buffers (the writes must wait), and every
+    connection gets both answers, byte for byte."""
+    b = backend()
+    s = sluice({"upstreams": {"b": upstream(b.address)}, "routes": [{"upstream": "b"}],
+                "workers": 1})
+    big = 256 * 1024
+    conns = [RawConn(s.port, timeout=60, rcvbuf=4096) for _ in range(300)]
+    try:
+        for c in conns:
+            c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        for c in conns:
+            assert c.read_response().status == 200
+        time.sleep(0.2)  # every connection is idle now
+        for c in conns:
+            c.send(b"GET /big HTTP/1.1\r\nHost: x\r\nX-Echo-Bytes: %d\r\n\r\n"
+                   b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n" % big)
+        want = sha256(pattern_bytes(big))
+        for c in conns:
+            r = c.read_response()
+            assert r.status == 200 and len(r.body) == big and sha256(r.body) == want
+            r = c.read_response()
+            assert r.status == 200 and b'"path": "/small"' in r.body
+    finally:
+        for c in conns:
+            c.close()
+    assert b.count == 900

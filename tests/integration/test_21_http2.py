@@ -466,6 +466,27 @@ def test_many_closed_streams_do_not_grow_memory(sluice):
     assert after - before < 2048, f"RSS grew by {after - before} KiB over 32768 closed streams"
 
 
+def test_idle_connection_wakes_with_large_headers_and_body(sluice, backend):
+    """An idle h2 connection lends its buffers back (docs/internals/memory.md);
+    after each idle pause the next requests borrow them again: large header
+    fields the client's HPACK encoder put into its dynamic table (the second
+    request sends them as indexes), and a 1 MiB response, arrive intact."""
+    b = backend()
+    s = gateway(sluice, b)
+    big = [("x-big", "a" * 3000), ("x-other", "b" * 900)]
+    with H2Client(s.port) as c:
+        for i in range(3):
+            assert c.request("GET", f"/n{i}", headers=big).status == "200"
+            rec = b.last()
+            assert rec["path"] == f"/n{i}"
+            assert rec_header(rec, "x-big") == "a" * 3000 and rec_header(rec, "x-other") == "b" * 900
+            time.sleep(0.2)  # idle: no stream, nothing to send
+        st = c.request("GET", "/large", headers=[("x-echo-bytes", str(MiB))] + big, timeout=30)
+        assert st.status == "200" and len(st.body) == MiB
+        assert sha256(bytes(st.body)) == sha256(pattern_bytes(MiB))
+        assert c.goaway is None
+
+
 def test_header_list_over_limit_is_431(sluice):
     s = gateway(sluice, routes=[{"respond": {"status": 200, "body": "ok"}}],
                 limits={"max_header_bytes": 4096})

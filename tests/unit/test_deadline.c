@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -40,6 +41,21 @@ static void on_fire_rearm(struct deadline *d)
     note(d);
     if (strlen(order) < 6)
         deadline_arm(ds, d, 10);
+}
+
+static long long fired_at_ms;
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_fire_timed(struct deadline *d)
+{
+    note(d);
+    fired_at_ms = now_ms();
 }
 
 static void on_defer(struct deadline *d)
@@ -119,6 +135,23 @@ int main(void)
     deadline_arm(ds, &nodes[2], 30);
     run(150);
     is_str(order, "23");
+
+    /*
+     * A list emptied by a cancel keeps its timer pending; a node armed in it
+     * later fires once, and not before its time (the stale timer finds
+     * nothing due and sets itself for the node).
+     */
+    order[0] = '\0';
+    deadline_init(&nodes[0], on_fire);
+    deadline_init(&nodes[1], on_fire_timed);
+    deadline_arm(ds, &nodes[0], 40);
+    deadline_cancel(&nodes[0]);
+    run(15);
+    long long armed = now_ms();
+    deadline_arm(ds, &nodes[1], 40);
+    run(200);
+    is_str(order, "1");
+    ok(fired_at_ms - armed >= 35, "a node in a list with a stale timer fires in time, not early");
 
     /* Deferred work runs once per deferral round, from the loop. */
     order[0] = '\0';
