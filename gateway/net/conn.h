@@ -20,8 +20,10 @@
  * Owns: the file descriptor, its two events (the read event embedded), the
  * in/out evbuffers, and the SSL object once a TLS call took it.
  * Promises: callbacks are only ever called from the event loop, never from
- * inside conn_* calls, so the owner may call any conn_* from a callback.
- * After conn_close() no callback runs.
+ * inside conn_* calls, so the owner may call any conn_* from a callback;
+ * the one exception is conn_tls_handshake_now, which exists to report a
+ * handshake's outcome at once (its caller calls it last). After
+ * conn_close() no callback runs.
  *
  * Thread: the event_base's thread.
  */
