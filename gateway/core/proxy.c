@@ -12,7 +12,6 @@
 #include <time.h>
 
 #include <event2/buffer.h>
-#include <event2/event.h>
 
 #include "base/clock.h"
 #include "base/container_of.h"
